@@ -33,7 +33,15 @@ def strip_markers() -> list[str]:
 
 
 def main() -> int:
-    nbdev_export.__wrapped__() if hasattr(nbdev_export, "__wrapped__") else nbdev_export()
+    # nbdev rewrites the package docstring of __init__.py from the modules' docstrings; ours is
+    # written by hand, so keep it.
+    init = PACKAGE / "__init__.py"
+    init_text = init.read_text(encoding="utf-8")
+    try:
+        nbdev_export.__wrapped__() if hasattr(nbdev_export, "__wrapped__") else nbdev_export()
+    finally:
+        init.write_text(init_text, encoding="utf-8")
+        (ROOT / "notebooks" / "llms.txt").unlink(missing_ok=True)  # nbdev's LLM index: not ours
     strip_markers()
     return 0
 

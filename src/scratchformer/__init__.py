@@ -1,8 +1,13 @@
-"""The Transformer, built piece by piece in executable notebooks and exported as a tested package.
+"""scratchformer: the Transformer built piece by piece, one notebook per module.
 
-Modules:
+Modules exported from the book's chapters:
 
-- `scratchformer.checks`: Exercise checkers: each compares a learner's implementation with the package's reference.
-- `scratchformer.shapes`: Input validation shared by the public functions: clear ``ValueError``\s that name the shapes."""
+- ``scratchformer.scores`` (chapter 01): dot-product and additive attention scores, attention pooling.
+- ``scratchformer.attention`` (chapter 02): padding masks, masked softmax, scaled dot-product
+  attention, single-head self-attention.
+
+Hand-written infrastructure: ``scratchformer.shapes`` (input validation),
+``scratchformer.checks`` (exercise checkers) and ``scratchformer.cli`` (the ``scratchformer`` command).
+"""
 
 __version__ = "0.1.0"

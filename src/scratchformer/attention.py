@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['padding_mask', 'masked_softmax', 'scaled_dot_product_attention', 'SelfAttention']
 
-# %% ../../notebooks/02_self_attention.ipynb #f68fbb75
+# %% ../../notebooks/02_self_attention.ipynb #163785b3
 import math
 
 import torch
@@ -27,7 +27,7 @@ def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     positions = torch.arange(max_len, device=lengths.device)  # (S,)
     return positions[None, :] < lengths[:, None]                # (1, S) < (B, 1) -> (B, S)
 
-# %% ../../notebooks/02_self_attention.ipynb #3752646c
+# %% ../../notebooks/02_self_attention.ipynb #bf0ae77c
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax over the last axis (the keys) that gives masked keys weight exactly 0.
 
@@ -45,7 +45,7 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None) -> to
     weights = torch.softmax(filled, dim=-1, dtype=accumulate).to(scores.dtype)
     return weights.masked_fill(~mask, 0.0)  # exact zeros, also for rows with nothing to attend
 
-# %% ../../notebooks/02_self_attention.ipynb #b1a53e63
+# %% ../../notebooks/02_self_attention.ipynb #dadbdd39
 def scaled_dot_product_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +61,7 @@ def scaled_dot_product_attention(
     weights = masked_softmax(scores, mask)                     # (..., T, S), rows sum to 1 or 0
     return weights @ v, weights                                # (..., T, d_v)
 
-# %% ../../notebooks/02_self_attention.ipynb #43e277ed
+# %% ../../notebooks/02_self_attention.ipynb #cd64e181
 class SelfAttention(nn.Module):
     """Single-head self-attention: ``softmax((X W_Q)(X W_K)ᵀ / sqrt(d_k)) (X W_V)``.
 

@@ -474,7 +474,8 @@ def scaled_dot_product_attention(fn: Callable) -> None:
     qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
     out_e, w_e = unpack(_call(name, fn, qg, kg, vg, mask=mask_empty), " (fully masked row)")
     nan_hint = (
-        "Likely bug: NaN from a fully masked row. softmax over a row that is all -inf is 0/0 = NaN. "
+        "Likely bug: NaN from a fully masked row. softmax over a row that is all -inf is 0/0 = NaN, "
+        "and torch.where/nan_to_num after it hides the NaN in the output but not in the gradient. "
         "A query with nothing to attend to must get weights and output 0: fill with "
         "torch.finfo(scores.dtype).min and zero the masked weights after the softmax "
         "(weights.masked_fill(~mask, 0))."

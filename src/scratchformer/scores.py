@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['dot_product_score', 'AdditiveScore', 'attention_pool']
 
-# %% ../../notebooks/01_why_attention.ipynb #96317558
+# %% ../../notebooks/01_why_attention.ipynb #ccec6fe3
 import torch
 from torch import nn
 
@@ -21,7 +21,7 @@ def dot_product_score(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     require_last_dims_match(q, k)
     return q @ k.transpose(-2, -1)  # (..., T, d) @ (..., d, S) -> (..., T, S)
 
-# %% ../../notebooks/01_why_attention.ipynb #fb9fdce7
+# %% ../../notebooks/01_why_attention.ipynb #3d8fdf96
 class AdditiveScore(nn.Module):
     """Additive (Bahdanau) scores ``a(q, k) = w_vᵀ tanh(W_q q + W_k k)``.
 
@@ -48,7 +48,7 @@ class AdditiveScore(nn.Module):
         pairs = self.W_q(q).unsqueeze(-2) + self.W_k(k).unsqueeze(-3)  # (..., T, 1, h) + (..., 1, S, h)
         return self.w_v(torch.tanh(pairs)).squeeze(-1)                  # (..., T, S, 1) -> (..., T, S)
 
-# %% ../../notebooks/01_why_attention.ipynb #442d47f9
+# %% ../../notebooks/01_why_attention.ipynb #2369e7a2
 def attention_pool(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax the scores over the keys and average the values with those weights.
 

@@ -1,4 +1,4 @@
-"""Input validation shared by the public functions: clear ``ValueError``\\s that name the shapes.
+"""Input validation shared by the public functions: clear errors that name the shapes.
 
 Hand-written (no notebook exports here). Every check raises before the input reaches torch,
 so a user sees *which* argument is wrong and what shape was expected, instead of a matmul

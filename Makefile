@@ -1,0 +1,59 @@
+# Transformer, Piece by Piece — the few commands people run.
+#   make book       build the whole book (executes every notebook), writes _build/html
+#   make test       every test: unit/property/parity, notebooks (nbval), exercises, sync, browser
+#   make export     notebooks -> src/scratchformer (nbdev)
+#   make exercises  chapter notebooks -> learner notebooks in notebooks/exercises/
+#   make outputs    re-execute the chapter notebooks and save their outputs (commit them)
+#   make serve      serve _build/html on http://127.0.0.1:8000 (localhost only)
+# `book` and `test` create .venv and install the pinned environment on first use.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+JOBS ?= 2
+
+.PHONY: book test export exercises outputs serve lint clean venv
+
+venv: $(STAMP)
+
+# torch first and pinned exactly: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build --all -W -n --keep-going .
+	@echo "book: open _build/html/index.html, or run 'make serve'"
+
+# Unit, property and parity tests, the chapter notebooks under nbval (fast mode, one worker
+# thread each), exercise and sync checks, and the browser check of the built book.
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
+		tests $(wildcard notebooks/[0-9][0-9]_*.ipynb)
+
+export: $(STAMP)
+	cd tools && ../$(BIN)/python export.py
+
+exercises: $(STAMP)
+	cd tools && ../$(BIN)/python make_exercises.py
+
+outputs: $(STAMP)
+	cd tools && ../$(BIN)/python run_notebooks.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests tools benchmarks
+
+serve:
+	@test -d _build/html || { echo "no _build/html yet: run 'make book' first"; exit 1; }
+	$(or $(wildcard $(BIN)/python),$(PYTHON)) -m http.server --bind 127.0.0.1 --directory _build/html 8000
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis
