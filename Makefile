@@ -36,6 +36,7 @@ book: $(STAMP)
 # Unit, property and parity tests, the chapter notebooks under nbval (fast mode, one worker
 # thread each), exercise and sync checks, and the browser check of the built book.
 test: $(STAMP)
+	$(BIN)/ruff check src tests tools
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
 		tests $(wildcard notebooks/[0-9][0-9]_*.ipynb)
 
@@ -49,7 +50,7 @@ outputs: $(STAMP)
 	cd tools && ../$(BIN)/python run_notebooks.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests tools benchmarks
+	$(BIN)/ruff check src tests tools
 
 serve:
 	@test -d _build/html || { echo "no _build/html yet: run 'make book' first"; exit 1; }

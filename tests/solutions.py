@@ -15,7 +15,7 @@ def fill_in(learner_source: str, chapter_source: str) -> str:
     """Replace each stub in ``learner_source`` by the matching solution of ``chapter_source``."""
     restored = learner_source
     for indent, body in SOLUTION.findall(chapter_source):
-        restored, count = re.subn(STUB.format(indent=indent), lambda _: body, restored, count=1)
+        restored, count = re.subn(STUB.format(indent=indent), lambda _, body=body: body, restored, count=1)
         if count != 1:
             raise ValueError(f"no stub left for the solution:\n{body}")
     return restored

@@ -1,9 +1,9 @@
 """The repository URL is written once in _config.yml; everything else must agree with it."""
 
 import re
-import tomllib
 
 import pytest
+import tomllib
 import yaml
 
 import nbtools

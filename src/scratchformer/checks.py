@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "ExerciseNotAttempted",

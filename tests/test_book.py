@@ -1,0 +1,130 @@
+"""Build the book and look at it in headless Chromium, as a reader would.
+
+The build here renders the committed notebook outputs (execution off): the chapters are
+executed once per test run already, by nbval, and `make book` executes them again in full.
+Set SCRATCHFORMER_BOOK_HTML to an existing _build/html to check that build instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+import nbtools
+
+ROOT = nbtools.ROOT
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.fail("Chromium is not installed: `apt-get install -y chromium` (.ci/run does this)")
+
+
+@pytest.fixture(scope="module")
+def html(tmp_path_factory) -> Path:
+    if given := os.environ.get("SCRATCHFORMER_BOOK_HTML"):
+        return Path(given)
+    out = tmp_path_factory.mktemp("book")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"
+    config_path = out / "_config.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    result = subprocess.run(
+        [str(jupyter_book), "build", "--all", "-W", "-n", "--keep-going", "--path-output", str(out),
+         "--config", str(config_path), str(ROOT)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return out / "_build" / "html"
+
+
+def dump_dom(url: str) -> str:
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run(
+            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+             "--dump-dom", url],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def screenshot(url: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+             "--hide-scrollbars", "--window-size=1280,1400", f"--screenshot={path}", url],
+            capture_output=True, timeout=120, check=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def chapter_02(html) -> tuple[Path, str]:
+    page = html / "notebooks" / "02_self_attention.html"
+    assert page.exists(), sorted(p.name for p in (html / "notebooks").iterdir())
+    return page, dump_dom(page.as_uri())
+
+
+def test_math_is_typeset_by_the_bundled_mathjax(chapter_02):
+    page, dom = chapter_02
+    assert dom.count("<mjx-container") >= 10, "MathJax did not typeset the equations"
+    scripts = re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', page.read_text())
+    assert scripts and all(not s.startswith("http") for s in scripts), f"MathJax not bundled: {scripts}"
+
+
+def test_figures_are_there(chapter_02):
+    page, dom = chapter_02
+    images = re.findall(r'<img[^>]+src="([^"]+\.png)"', dom)
+    assert len(images) >= 3, images
+    for src in images:
+        data = (page.parent / src).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000, src
+
+
+def test_executed_outputs_are_shown(chapter_02):
+    _, dom = chapter_02
+    assert "passed" in dom and "matches F.scaled_dot_product_attention" in dom
+
+
+def test_colab_link_points_at_the_committed_notebook(chapter_02):
+    _, dom = chapter_02
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    repo = url.removeprefix("https://github.com/")
+    assert f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/02_self_attention.ipynb" in dom
+
+
+def test_exercise_page_has_its_own_colab_link(html):
+    dom = dump_dom((html / "notebooks" / "exercises" / "02_self_attention.html").as_uri())
+    assert "blob/main/notebooks/exercises/02_self_attention.ipynb" in dom
+    assert "YOUR CODE HERE" in dom
+
+
+def test_search_finds_softmax(html):
+    dom = dump_dom((html / "search.html").as_uri() + "?q=softmax")
+    summary = re.search(r"found (\d+) page", dom)
+    assert summary and int(summary.group(1)) >= 1, "search found nothing"
+    results = re.search(r'<ul class="search">(.*?)</ul>', dom, re.S)
+    assert results and "02_self_attention" in results.group(1)
+
+
+def test_screenshot_of_chapter_02(chapter_02):
+    page, _ = chapter_02
+    target = SCREENSHOTS / "02_self_attention.png"
+    screenshot(page.as_uri(), target)
+    data = target.read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 20000
