@@ -244,21 +244,14 @@ def main():
         ("16", "scaling up"),
     ]
     y = 90.0
-    ax.text(sx0 + 2.0, y, "Building the model", ha="left", va="center", fontsize=10.5,
-            fontweight="bold", color=TEXT)
-    y -= 5.0
-    for ch, title in model_chapters:
-        badge(ax, sx0 + 4.3, y, ch)
-        ax.text(sx0 + 7.6, y, title, ha="left", va="center", fontsize=9, color=TEXT)
-        y -= 4.4
-    y -= 1.8
-    ax.text(sx0 + 2.0, y, "Training and using it", ha="left", va="center", fontsize=10.5,
-            fontweight="bold", color=TEXT)
-    y -= 5.0
-    for ch, title in train_chapters:
-        badge(ax, sx0 + 4.3, y, ch)
-        ax.text(sx0 + 7.6, y, title, ha="left", va="center", fontsize=9, color=TEXT)
-        y -= 4.4
+    for heading, chapters in [("Building the model", model_chapters), ("Training and using it", train_chapters)]:
+        ax.text(sx0 + 2.0, y, heading, ha="left", va="center", fontsize=10.5, fontweight="bold", color=TEXT)
+        y -= 5.0
+        for ch, title in chapters:
+            badge(ax, sx0 + 4.3, y, ch)
+            ax.text(sx0 + 7.6, y, title, ha="left", va="center", fontsize=9, color=TEXT)
+            y -= 4.4
+        y -= 1.8
 
     fig.savefig(OUT, dpi=DPI, facecolor="white")
     plt.close(fig)
