@@ -17,21 +17,13 @@ do not sum to 1, weight on masked keys) and from comparing the learner's output 
 outputs of the known buggy variants in ``shared/PITFALLS.md``.
 """
 
+from scratchformer.checks import attention, baselines, multihead, positional, scores
 from scratchformer.checks._common import ExerciseNotAttempted, ExerciseWrong
-from scratchformer.checks.attention import (
-    masked_softmax,
-    padding_mask,
-    scaled_dot_product_attention,
-)
-from scratchformer.checks.scores import additive_score, attention_pool, dot_product_score
+from scratchformer.checks.attention import *  # noqa: F403  chapter 02
+from scratchformer.checks.baselines import *  # noqa: F403  chapter 05
+from scratchformer.checks.multihead import *  # noqa: F403  chapter 03
+from scratchformer.checks.positional import *  # noqa: F403  chapter 04
+from scratchformer.checks.scores import *  # noqa: F403  chapter 01
 
-__all__ = [
-    "ExerciseNotAttempted",
-    "ExerciseWrong",
-    "dot_product_score",
-    "attention_pool",
-    "additive_score",
-    "padding_mask",
-    "masked_softmax",
-    "scaled_dot_product_attention",
-]
+_CHAPTER_MODULES = (scores, attention, multihead, positional, baselines)
+__all__ = ["ExerciseNotAttempted", "ExerciseWrong"] + [name for m in _CHAPTER_MODULES for name in m.__all__]

@@ -1,0 +1,5 @@
+"""Checkers for chapter 05 (``scratchformer.baselines``)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
