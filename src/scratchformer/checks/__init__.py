@@ -17,7 +17,13 @@ do not sum to 1, weight on masked keys) and from comparing the learner's output 
 outputs of the known buggy variants in ``shared/PITFALLS.md``.
 """
 
-from scratchformer.checks import attention, baselines, multihead, positional, scores
+from scratchformer.checks import (
+    attention,
+    baselines,
+    multihead,
+    positional,
+    scores,
+)
 from scratchformer.checks._common import ExerciseNotAttempted, ExerciseWrong
 from scratchformer.checks.attention import *  # noqa: F403  chapter 02
 from scratchformer.checks.baselines import *  # noqa: F403  chapter 05
