@@ -20,6 +20,9 @@ outputs of the known buggy variants in ``shared/PITFALLS.md``.
 from scratchformer.checks import (
     attention,
     baselines,
+    causal,
+    decoder,
+    encoder,
     multihead,
     positional,
     scores,
@@ -27,9 +30,12 @@ from scratchformer.checks import (
 from scratchformer.checks._common import ExerciseNotAttempted, ExerciseWrong
 from scratchformer.checks.attention import *  # noqa: F403  chapter 02
 from scratchformer.checks.baselines import *  # noqa: F403  chapter 05
+from scratchformer.checks.causal import *  # noqa: F403  chapter 07
+from scratchformer.checks.decoder import *  # noqa: F403  chapter 08
+from scratchformer.checks.encoder import *  # noqa: F403  chapter 06
 from scratchformer.checks.multihead import *  # noqa: F403  chapter 03
 from scratchformer.checks.positional import *  # noqa: F403  chapter 04
 from scratchformer.checks.scores import *  # noqa: F403  chapter 01
 
-_CHAPTER_MODULES = (scores, attention, multihead, positional, baselines)
+_CHAPTER_MODULES = (scores, attention, multihead, positional, baselines, encoder, causal, decoder)
 __all__ = ["ExerciseNotAttempted", "ExerciseWrong"] + [name for m in _CHAPTER_MODULES for name in m.__all__]
