@@ -1,13 +1,22 @@
 """scratchformer: the Transformer built piece by piece, one notebook per module.
 
-Modules exported from the book's chapters:
+Modules exported from the book's chapters (``notebooks/NN_slug.ipynb``):
 
-- ``scratchformer.scores`` (chapter 01): dot-product and additive attention scores, attention pooling.
-- ``scratchformer.attention`` (chapter 02): padding masks, masked softmax, scaled dot-product
+- ``scratchformer.scores`` (01): dot-product and additive scores, attention pooling.
+- ``scratchformer.attention`` (02): padding masks, masked softmax, scaled dot-product
   attention, single-head self-attention.
+- ``scratchformer.multihead`` (03): split/merge heads, ``MultiHeadAttention`` (explicit and fused
+  paths), parity helpers for ``nn.MultiheadAttention``.
+- ``scratchformer.positional`` (04): sinusoidal, learned and rotary position encodings.
+- ``scratchformer.baselines`` (05): ``ConvEncoder``, ``RNNEncoder``, receptive field and cost.
+- ``scratchformer.encoder`` (06): ``LayerNorm``, ``FeedForward``, ``EncoderLayer``, ``Encoder``.
+- ``scratchformer.causal`` (07): causal masks, a decoder-only block, a tiny language model.
+- ``scratchformer.decoder`` (08): ``DecoderLayer``, ``Decoder``.
+- ``scratchformer.model`` (09): ``TransformerConfig``, ``Transformer``.
 
 Hand-written infrastructure: ``scratchformer.shapes`` (input validation),
 ``scratchformer.checks`` (exercise checkers) and ``scratchformer.cli`` (the ``scratchformer`` command).
+Boolean masks everywhere mean **True = may attend**.
 """
 
 __version__ = "0.1.0"

@@ -23,6 +23,7 @@ from scratchformer.checks import (
     causal,
     decoder,
     encoder,
+    model,
     multihead,
     positional,
     scores,
@@ -33,9 +34,10 @@ from scratchformer.checks.baselines import *  # noqa: F403  chapter 05
 from scratchformer.checks.causal import *  # noqa: F403  chapter 07
 from scratchformer.checks.decoder import *  # noqa: F403  chapter 08
 from scratchformer.checks.encoder import *  # noqa: F403  chapter 06
+from scratchformer.checks.model import *  # noqa: F403  chapter 09
 from scratchformer.checks.multihead import *  # noqa: F403  chapter 03
 from scratchformer.checks.positional import *  # noqa: F403  chapter 04
 from scratchformer.checks.scores import *  # noqa: F403  chapter 01
 
-_CHAPTER_MODULES = (scores, attention, multihead, positional, baselines, encoder, causal, decoder)
+_CHAPTER_MODULES = (scores, attention, multihead, positional, baselines, encoder, causal, decoder, model)
 __all__ = ["ExerciseNotAttempted", "ExerciseWrong"] + [name for m in _CHAPTER_MODULES for name in m.__all__]
