@@ -379,7 +379,7 @@ def test_clear_errors():
         FeedForward(8, 16, activation="tanh")
     with pytest.raises(ValueError, match=r"dropout must be a probability in \[0, 1\), got 1.5"):
         EncoderLayer(8, 2, 16, dropout=1.5)
-    with pytest.raises(ValueError, match="n_layers must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="n_layers must be a positive int, got n_layers=0"):
         Encoder(8, 2, 16, 0)
     with pytest.raises(ValueError, match="d_ff must be a positive int"):
         FeedForward(8, 0)

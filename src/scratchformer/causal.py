@@ -9,15 +9,9 @@ __all__ = ['causal_mask', 'causal_padding_mask', 'DecoderOnlyBlock', 'TinyLM']
 import torch
 from torch import nn
 
-from .encoder import FeedForward, LayerNorm
-from .multihead import MultiHeadAttention
+from .encoder import EncoderLayer, LayerNorm, _require_layer_config, _require_positive_int
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .shapes import fmt, require_tensor
-
-
-def _require_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {name}={value!r}.")
 
 
 def causal_mask(T: int, S: int | None = None, device: torch.device | str | None = None) -> torch.Tensor:
@@ -68,18 +62,7 @@ def causal_padding_mask(keep: torch.Tensor, T: int | None = None) -> torch.Tenso
     return causal[None, :, :] & keep[:, None, :]          # (1, T, S) & (B, 1, S) -> (B, T, S)
 
 # %% ../../notebooks/07_masked_self_attention.ipynb #30026204
-def _require_block_config(d_model, n_heads, d_ff, dropout) -> None:
-    for name, value in (("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff)):
-        _require_positive_int(name, value)
-    if d_model % n_heads:
-        divisors = [h for h in range(1, d_model + 1) if d_model % h == 0]
-        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}: every head gets "
-                         f"d_model / n_heads features. Choose n_heads among {divisors}.")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}.")
-
-
-class DecoderOnlyBlock(nn.Module):
+class DecoderOnlyBlock(EncoderLayer):
     """One decoder-only (GPT-style) block: causal multi-head self-attention and a feed-forward
     network, each with a residual connection, LayerNorm and dropout on its output.
 
@@ -96,18 +79,13 @@ class DecoderOnlyBlock(nn.Module):
     j <= i only. ``pad_mask``: optional boolean key-padding mask (B, T) or (B, 1, T), **True at
     the real tokens**; it is combined with the causal mask by ``&`` (see :meth:`attention_mask`).
     A position with nothing to attend to (left padding) gets a finite output, never NaN.
-    Parameter names follow ``nn.TransformerEncoderLayer``: a decoder-only block is an encoder
-    layer with a causal mask.
+    A decoder-only block *is* chapter 06's :class:`~scratchformer.encoder.EncoderLayer` with a
+    causal mask (and pre-LN by default), so it subclasses it: same sublayers, same parameter
+    names as ``nn.TransformerEncoderLayer``.
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, norm_first: bool = True):
-        super().__init__()
-        _require_block_config(d_model, n_heads, d_ff, dropout)
-        self.d_model, self.norm_first = d_model, bool(norm_first)
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout)
-        self.feed_forward = FeedForward(d_model, d_ff, dropout=dropout)
-        self.norm1, self.norm2 = LayerNorm(d_model), LayerNorm(d_model)
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        super().__init__(d_model, n_heads, d_ff, dropout, norm_first)   # chapter 06's layer, pre-LN by default
 
     def attention_mask(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The boolean mask for ``x (B, T, D)``: ``causal_mask(T)`` (T, T) without padding,
@@ -125,16 +103,7 @@ class DecoderOnlyBlock(nn.Module):
         if x.dim() != 3 or x.size(-1) != self.d_model:
             raise ValueError(f"DecoderOnlyBlock(d_model={self.d_model}) got x of shape {fmt(x)}; "
                              f"expected (B, T, {self.d_model}).")
-        mask = self.attention_mask(x, pad_mask)                          # (T, T) or (B, T, T)
-        if self.norm_first:                                              # pre-LN (GPT-2)
-            h = self.norm1(x)
-            x = x + self.dropout1(self.self_attn(h, h, h, mask=mask)[0])
-            return x + self.dropout2(self.feed_forward(self.norm2(x)))  # (B, T, D)
-        x = self.norm1(x + self.dropout1(self.self_attn(x, x, x, mask=mask)[0]))   # post-LN
-        return self.norm2(x + self.dropout2(self.feed_forward(x)))      # (B, T, D)
-
-    def extra_repr(self) -> str:
-        return f"norm_first={self.norm_first}"
+        return super().forward(x, self.attention_mask(x, pad_mask))    # (B, T, D), causal self-attention
 
 # %% ../../notebooks/07_masked_self_attention.ipynb #4a102954
 class TinyLM(nn.Module):
@@ -162,7 +131,7 @@ class TinyLM(nn.Module):
         _require_positive_int("vocab_size", vocab_size)
         _require_positive_int("n_layers", n_layers)
         _require_positive_int("max_len", max_len)
-        _require_block_config(d_model, n_heads, d_ff, dropout)
+        _require_layer_config(d_model, n_heads, d_ff, dropout)
         if positions not in ("learned", "sinusoidal"):
             raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {positions!r}.")
         self.vocab_size, self.d_model, self.max_len = vocab_size, d_model, max_len

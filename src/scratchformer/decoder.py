@@ -10,25 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import FeedForward, LayerNorm, residual
+from .encoder import FeedForward, LayerNorm, _require_layer_config, _require_positive_int, residual
 from .multihead import MultiHeadAttention, _check_mask
 from .shapes import fmt, require_tensor
-
-
-def _require_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-
-
-def _require_decoder_config(d_model, n_heads, d_ff, dropout) -> None:
-    for name, value in (("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff)):
-        _require_positive_int(name, value)
-    if d_model % n_heads:
-        divisors = [h for h in range(1, d_model + 1) if d_model % h == 0]
-        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}: every head gets "
-                         f"d_model / n_heads features. Choose n_heads among {divisors}.")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}.")
 
 
 def _activation_name(activation) -> str:
@@ -109,7 +93,7 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, norm_first: bool = False):
         super().__init__()
-        _require_decoder_config(d_model, n_heads, d_ff, dropout)
+        _require_layer_config(d_model, n_heads, d_ff, dropout)
         self.d_model, self.n_heads, self.norm_first = d_model, n_heads, bool(norm_first)
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout)     # target -> target
         self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout)    # target -> memory
@@ -177,7 +161,7 @@ class Decoder(nn.Module):
     def __init__(self, d_model: int, n_heads: int, d_ff: int, n_layers: int, dropout: float = 0.0,
                  norm_first: bool = False):
         super().__init__()
-        _require_decoder_config(d_model, n_heads, d_ff, dropout)
+        _require_layer_config(d_model, n_heads, d_ff, dropout)
         _require_positive_int("n_layers", n_layers)
         self.d_model, self.n_heads, self.norm_first = d_model, n_heads, bool(norm_first)
         self.layers = nn.ModuleList(DecoderLayer(d_model, n_heads, d_ff, dropout, norm_first)

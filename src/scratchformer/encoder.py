@@ -18,7 +18,7 @@ _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 def _require_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        raise ValueError(f"{name} must be a positive int, got {name}={value!r}.")
 
 
 def _require_dropout(dropout) -> None:
