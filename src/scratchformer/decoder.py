@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import FeedForward, LayerNorm, _require_layer_config, _require_positive_int, residual
+from .encoder import FeedForward, LayerNorm, _require_layer_config, _require_positive_int, _stack_from_torch, residual
 from .multihead import MultiHeadAttention, _check_mask
 from .shapes import fmt, require_tensor
 
@@ -185,29 +185,7 @@ class Decoder(nn.Module):
         A pre-LN (``norm_first=True``) ``decoder`` must have a final ``norm`` (nn.LayerNorm), and a
         post-LN one must not: that is the structure of this module.
         """
-        if not isinstance(decoder, nn.TransformerDecoder):
-            raise ValueError(f"from_torch expects an nn.TransformerDecoder, got {type(decoder).__name__}.")
-        layers = [DecoderLayer.from_torch(layer) for layer in decoder.layers]
-        norm_first = layers[0].norm_first
-        if any(layer.norm_first != norm_first for layer in layers):
-            raise ValueError("from_torch: the layers of the decoder mix norm_first=True and False.")
-        if norm_first and not isinstance(decoder.norm, nn.LayerNorm):
-            raise ValueError("from_torch: a pre-LN (norm_first=True) stack needs a final LayerNorm: build it "
-                             "with nn.TransformerDecoder(layer, n_layers, norm=nn.LayerNorm(d_model)).")
-        if not norm_first and decoder.norm is not None:
-            raise ValueError("from_torch: a post-LN (norm_first=False) stack has no final norm here; "
-                             "build it with norm=None.")
-        first = layers[0]
-        new = cls(first.d_model, first.n_heads, first.feed_forward.d_ff, len(layers),
-                  dropout=first.dropout1.p, norm_first=norm_first)
-        new.layers = nn.ModuleList(layers)
-        if norm_first:
-            new.norm = new.norm.to(device=decoder.norm.weight.device, dtype=decoder.norm.weight.dtype)
-            with torch.no_grad():
-                new.norm.weight.copy_(decoder.norm.weight)
-                new.norm.bias.copy_(decoder.norm.bias)
-            new.norm.eps = decoder.norm.eps
-        return new.train(decoder.training)
+        return _stack_from_torch(cls, decoder, nn.TransformerDecoder, DecoderLayer, "decoder")
 
     def extra_repr(self) -> str:
         return f"norm_first={self.norm_first}"

@@ -243,29 +243,7 @@ class Encoder(nn.Module):
         A pre-LN (``norm_first=True``) ``encoder`` must have a final ``norm`` (nn.LayerNorm), and a
         post-LN one must not: that is the structure of this module.
         """
-        if not isinstance(encoder, nn.TransformerEncoder):
-            raise ValueError(f"from_torch expects an nn.TransformerEncoder, got {type(encoder).__name__}.")
-        layers = [EncoderLayer.from_torch(layer) for layer in encoder.layers]
-        norm_first = layers[0].norm_first
-        if any(layer.norm_first != norm_first for layer in layers):
-            raise ValueError("from_torch: the layers of the encoder mix norm_first=True and False.")
-        if norm_first and not isinstance(encoder.norm, nn.LayerNorm):
-            raise ValueError("from_torch: a pre-LN (norm_first=True) stack needs a final LayerNorm: build it "
-                             "with nn.TransformerEncoder(layer, n_layers, norm=nn.LayerNorm(d_model)).")
-        if not norm_first and encoder.norm is not None:
-            raise ValueError("from_torch: a post-LN (norm_first=False) stack has no final norm here; "
-                             "build it with norm=None.")
-        first = layers[0]
-        new = cls(first.d_model, first.self_attn.n_heads, first.feed_forward.d_ff, len(layers),
-                  dropout=first.dropout1.p, norm_first=norm_first)
-        new.layers = nn.ModuleList(layers)
-        if norm_first:
-            new.norm = new.norm.to(device=encoder.norm.weight.device, dtype=encoder.norm.weight.dtype)
-            with torch.no_grad():
-                new.norm.weight.copy_(encoder.norm.weight)
-                new.norm.bias.copy_(encoder.norm.bias)
-            new.norm.eps = encoder.norm.eps
-        return new.train(encoder.training)
+        return _stack_from_torch(cls, encoder, nn.TransformerEncoder, EncoderLayer, "encoder")
 
     def extra_repr(self) -> str:
         return f"norm_first={self.norm_first}"
@@ -286,3 +264,36 @@ def to_torch_key_padding_mask(mask: torch.Tensor) -> torch.Tensor:
     if mask.dim() != 2:
         raise ValueError(f"a key-padding mask has shape (B, S) or (B, 1, S), got {fmt(mask)}.")
     return ~mask
+
+
+def _stack_from_torch(cls, stack, torch_cls, layer_cls, name: str):
+    """Copy a PyTorch stack (``nn.TransformerEncoder``/``nn.TransformerDecoder``): its layers, via
+    ``layer_cls.from_torch``, and its final norm, into a new ``cls`` (``Encoder``/``Decoder``).
+
+    A pre-LN stack must have a final ``norm`` (nn.LayerNorm) and a post-LN one must not: that is
+    the structure of our stacks. Shared by :meth:`Encoder.from_torch` and chapter 08's
+    ``Decoder.from_torch``.
+    """
+    if not isinstance(stack, torch_cls):
+        raise ValueError(f"from_torch expects an nn.{torch_cls.__name__}, got {type(stack).__name__}.")
+    layers = [layer_cls.from_torch(layer) for layer in stack.layers]
+    norm_first = layers[0].norm_first
+    if any(layer.norm_first != norm_first for layer in layers):
+        raise ValueError(f"from_torch: the layers of the {name} mix norm_first=True and False.")
+    if norm_first and not isinstance(stack.norm, nn.LayerNorm):
+        raise ValueError("from_torch: a pre-LN (norm_first=True) stack needs a final LayerNorm: build it "
+                         f"with nn.{torch_cls.__name__}(layer, n_layers, norm=nn.LayerNorm(d_model)).")
+    if not norm_first and stack.norm is not None:
+        raise ValueError("from_torch: a post-LN (norm_first=False) stack has no final norm here; "
+                         "build it with norm=None.")
+    first = layers[0]
+    new = cls(first.d_model, first.self_attn.n_heads, first.feed_forward.d_ff, len(layers),
+              dropout=first.dropout1.p, norm_first=norm_first)
+    new.layers = nn.ModuleList(layers)
+    if norm_first:
+        new.norm = new.norm.to(device=stack.norm.weight.device, dtype=stack.norm.weight.dtype)
+        with torch.no_grad():
+            new.norm.weight.copy_(stack.norm.weight)
+            new.norm.bias.copy_(stack.norm.bias)
+        new.norm.eps = stack.norm.eps
+    return new.train(stack.training)
