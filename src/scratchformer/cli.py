@@ -1,9 +1,6 @@
-"""The ``scratchformer`` command.
-
-``scratchformer check NN`` validates the learner notebook of chapter NN with nbval
-(``pytest --nbval-lax notebooks/exercises/NN_slug.ipynb``): it passes only when every exercise
-in it is solved.
-"""
+"""The ``scratchformer`` command: ``scratchformer check NN`` validates the learner notebook of
+chapter NN with nbval (``pytest --nbval-lax notebooks/exercises/NN_slug.ipynb``); it passes
+only when every exercise in it is solved."""
 
 from __future__ import annotations
 

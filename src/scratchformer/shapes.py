@@ -1,9 +1,9 @@
-"""Input validation shared by the public functions: clear errors that name the shapes.
+"""Input validation shared by the public functions: clear errors that name the shapes."""
 
-Hand-written (no notebook exports here). Every check raises before the input reaches torch,
-so a user sees *which* argument is wrong and what shape was expected, instead of a matmul
-error from deep inside torch.
-"""
+# Hand-written (no notebook exports here). Every check raises before the input reaches torch,
+# so a user sees *which* argument is wrong and what shape was expected, instead of a matmul
+# error from deep inside torch. (Module docstrings stay at most 3 lines: longer ones make
+# nbdev-export rewrite the package docstring in __init__.py.)
 
 from __future__ import annotations
 
