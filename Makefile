@@ -5,6 +5,7 @@
 #   make exercises  chapter notebooks -> learner notebooks in notebooks/exercises/
 #   make outputs    re-execute the chapter notebooks and save their outputs (commit them)
 #   make serve      serve _build/html on http://127.0.0.1:8000 (localhost only)
+#   make lab        JupyterLab on notebooks/ with the project's environment (installs it once)
 # `book` and `test` create .venv and install the pinned environment on first use.
 
 SHELL := /bin/bash
@@ -16,7 +17,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 JOBS ?= 2
 
-.PHONY: book test export exercises outputs serve lint clean venv
+.PHONY: book test export exercises outputs serve lab lint clean venv
 
 venv: $(STAMP)
 
@@ -51,6 +52,19 @@ outputs: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests tools
+
+# JupyterLab is not needed by `make test` or `make book`: installed on first `make lab` only,
+# constrained by requirements.txt so it never changes the tested environment.
+LAB := jupyterlab==4.6.6
+LAB_STAMP := $(VENV)/.lab-installed
+
+$(LAB_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c requirements.txt $(LAB)
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 serve:
 	@test -d _build/html || { echo "no _build/html yet: run 'make book' first"; exit 1; }

@@ -30,3 +30,9 @@ def solved_learner_notebook(learner, chapter):
     for original, stubbed in zip(source_cells, learner_cells):
         stubbed.source = fill_in(stubbed.source, original.source)
     return learner
+
+
+def solution_blocks(chapter) -> list[str]:
+    """The solution blocks of a chapter notebook, in order."""
+    code = "\n".join(c.source for c in chapter.cells if c.cell_type == "code")
+    return [body for _, body in SOLUTION.findall(code)]

@@ -1,20 +1,46 @@
-"""The ``scratchformer`` command: ``scratchformer check NN`` validates the learner notebook of
-chapter NN with nbval (``pytest --nbval-lax notebooks/exercises/NN_slug.ipynb``); it passes
-only when every exercise in it is solved."""
+"""The ``scratchformer`` command.
+
+* ``scratchformer check NN`` runs the learner notebook of chapter NN top to bottom and prints one
+  line per exercise (passed / not attempted / wrong, with the hint), then a summary; it exits 0
+  only when every exercise passed and every other cell ran. ``-v`` shows nbval's full output
+  instead (``pytest --nbval-lax``).
+* ``scratchformer check`` does the same for every chapter and prints a progress table.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import re
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["main", "find_exercise_notebook"]
+__all__ = ["main", "find_exercise_notebook", "exercise_notebooks", "run_exercises"]
+
+CHECK_CALL = re.compile(r"^checks\.(\w+)\(", re.M)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class CLIError(Exception):
     """A problem with the user's input or environment, shown without a traceback."""
+
+
+def _exercise_folder(root: Path) -> Path:
+    folder = root / "notebooks" / "exercises"
+    if not folder.is_dir():
+        raise CLIError(
+            f"no folder {folder}. Run this command from the root of the book's repository "
+            "(the folder with _config.yml), or pass --root, or give the notebook's path."
+        )
+    return folder
+
+
+def exercise_notebooks(root: Path) -> list[Path]:
+    """Every learner notebook ``notebooks/exercises/NN_*.ipynb`` under ``root``, in order."""
+    return sorted(_exercise_folder(root).glob("[0-9][0-9]_*.ipynb"))
 
 
 def find_exercise_notebook(chapter: str, root: Path) -> Path:
@@ -26,43 +52,164 @@ def find_exercise_notebook(chapter: str, root: Path) -> Path:
         return as_path
     if not chapter.isdigit():
         raise CLIError(f"chapter must be a number such as 02 or a path to a .ipynb file, got {chapter!r}")
-    folder = root / "notebooks" / "exercises"
-    if not folder.is_dir():
-        raise CLIError(
-            f"no folder {folder}. Run this command from the root of the book's repository "
-            "(the folder with _config.yml), or pass --root, or give the notebook's path."
-        )
+    folder = _exercise_folder(root)
     matches = sorted(folder.glob(f"{int(chapter):02d}_*.ipynb"))
     if not matches:
-        available = ", ".join(p.name[:2] for p in sorted(folder.glob("[0-9][0-9]_*.ipynb")))
+        available = ", ".join(p.name[:2] for p in exercise_notebooks(root))
         raise CLIError(f"no learner notebook for chapter {chapter} in {folder}; available: {available or 'none'}")
     return matches[0]
 
 
-def check(args: argparse.Namespace) -> int:
-    notebook = find_exercise_notebook(args.chapter, Path(args.root))
+@dataclass
+class Outcome:
+    """One exercise's result, or a failing cell that is not a check."""
+
+    label: str          # "Exercise 6.1 (layer_norm)" or "cell 12"
+    status: str         # "passed", "not attempted", "wrong", "error"
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    notebook: Path
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def exercises(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.label.startswith("Exercise")]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.exercises) and all(o.status == "passed" for o in self.outcomes)
+
+
+def _text(outputs) -> str:
+    parts = []
+    for output in outputs:
+        if output.get("output_type") == "stream":
+            parts.append(output.get("text", ""))
+    return ANSI.sub("", "".join(parts))
+
+
+def run_exercises(notebook: Path, timeout: int = 600) -> Report:
+    """Execute ``notebook`` in a fresh kernel (errors allowed) and classify every check cell."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from scratchformer.checks import REGISTRY
+
+    nb = nbformat.read(notebook, as_version=4)
+    kernel = os.environ.get("SCRATCHFORMER_KERNEL", "python3")
+    NotebookClient(nb, timeout=timeout, kernel_name=kernel, allow_errors=True,
+                   resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    report = Report(notebook)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.get("output_type") == "error"]
+        call = CHECK_CALL.search(cell.source)
+        if call and call.group(1) in REGISTRY:
+            name = call.group(1)
+            label = f"Exercise {REGISTRY[name][0]} ({name})"
+            if not errors:
+                passed = "✅" in _text(cell.outputs)
+                report.outcomes.append(Outcome(label, "passed" if passed else "error",
+                                               "" if passed else "the check printed no result"))
+                continue
+            error = errors[0]
+            message = ANSI.sub("", error.get("evalue", "")).strip()
+            status = {"ExerciseNotAttempted": "not attempted", "ExerciseWrong": "wrong"}.get(
+                error.get("ename"), "error")
+            detail = message if status != "error" else f"{error.get('ename')}: {message}"
+            report.outcomes.append(Outcome(label, status, detail))
+        elif errors:
+            error = errors[0]
+            first_line = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+            report.outcomes.append(Outcome(
+                f"cell {index} (`{first_line[:50]}`)", "error",
+                f"{error.get('ename')}: {ANSI.sub('', error.get('evalue', ''))}"))
+    return report
+
+
+MARKS = {"passed": "✅", "not attempted": "⏳", "wrong": "❌", "error": "💥"}
+
+
+def _print_report(report: Report) -> None:
+    print(f"{report.notebook.name}:")
+    for outcome in report.outcomes:
+        line = f"  {MARKS[outcome.status]} {outcome.label}: {outcome.status}"
+        if outcome.status in ("wrong", "error") and outcome.detail:
+            detail = " ".join(outcome.detail.split())
+            line += f" — {detail}"
+        print(line)
+    total = len(report.exercises)
+    print(f"  {report.count('passed')} of {total} exercises passed, "
+          f"{report.count('not attempted')} not attempted, {report.count('wrong')} wrong"
+          + (f", {report.count('error')} other failing cells" if report.count("error") else ""))
+
+
+def _nbval(notebook: Path) -> int:
     if importlib.util.find_spec("nbval") is None:
         raise CLIError('nbval is not installed. Install it with: pip install "nbval>=0.10" pytest')
     command = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
-               "-p", "no:cacheprovider", "-o", "addopts=", "-q", str(notebook)]
+               "-p", "no:cacheprovider", "-o", "addopts=", "-v", str(notebook)]
     print("running:", " ".join(command[2:]), flush=True)
-    code = subprocess.run(command, check=False).returncode
-    if code == 0:
-        print(f"\n✅ {notebook.name}: every cell runs and every exercise passes.")
-    else:
-        print(
-            f"\n❌ {notebook.name}: some cells failed (see above). Cells whose check says "
-            "'not attempted' still hold a `raise NotImplementedError` stub; 'wrong' comes with a hint."
-        )
-    return code
+    return subprocess.run(command, check=False).returncode
+
+
+def check(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("nbclient") is None:
+        raise CLIError('nbclient is not installed. Install it with: pip install "nbval>=0.10" pytest')
+    os.environ.setdefault("SCRATCHFORMER_FAST", "1")   # the demos' small configuration
+    root = Path(args.root)
+    if args.chapter is None:
+        return _check_all(root)
+    notebook = find_exercise_notebook(args.chapter, root)
+    if args.verbose:
+        return _nbval(notebook)
+    print(f"checking {notebook} ...", flush=True)
+    report = run_exercises(notebook)
+    _print_report(report)
+    if report.ok:
+        print(f"✅ {notebook.name}: every exercise passes.")
+        return 0
+    print(f"❌ {notebook.name}: not done yet. 'not attempted' = the cell still holds its "
+          "`raise NotImplementedError` stub; 'wrong' comes with a hint. Details: "
+          f"scratchformer check {notebook.name[:2]} -v")
+    return 1
+
+
+def _check_all(root: Path) -> int:
+    notebooks = exercise_notebooks(root)
+    if not notebooks:
+        raise CLIError(f"no learner notebooks in {_exercise_folder(root)}")
+    print(f"{'chapter':<34} {'exercises':>9} {'passed':>7} {'to do':>6} {'wrong':>6} {'errors':>7}")
+    all_ok, done, total = True, 0, 0
+    for notebook in notebooks:
+        report = run_exercises(notebook)
+        n = len(report.exercises)
+        done, total = done + report.count("passed"), total + n
+        all_ok &= report.ok
+        print(f"{notebook.stem:<34} {n:>9} {report.count('passed'):>7} "
+              f"{report.count('not attempted'):>6} {report.count('wrong'):>6} "
+              f"{report.count('error'):>7}", flush=True)
+    print(f"{'total':<34} {total:>9} {done:>7}   ({done / max(total, 1):.0%} done)")
+    return 0 if all_ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scratchformer", description="Transformer, Piece by Piece")
     commands = parser.add_subparsers(dest="command", required=True)
-    check_parser = commands.add_parser("check", help="validate a learner (exercise) notebook with nbval")
-    check_parser.add_argument("chapter", help="chapter number (e.g. 02) or path to a .ipynb file")
+    check_parser = commands.add_parser(
+        "check", help="check the exercises of a learner notebook (all chapters if no number)")
+    check_parser.add_argument("chapter", nargs="?", default=None,
+                              help="chapter number (e.g. 02) or path to a .ipynb file; omit for all")
     check_parser.add_argument("--root", default=".", help="repository root (default: current folder)")
+    check_parser.add_argument("-v", "--verbose", action="store_true",
+                              help="show nbval's full output for one chapter instead of the summary")
     check_parser.set_defaults(run=check)
     args = parser.parse_args(argv)
     try:

@@ -11,10 +11,15 @@ checker has three outcomes:
   bug: softmax over the wrong axis, missing ``1/sqrt(d_k)``, mask polarity flipped, NaN from a
   fully masked row, scores computed as ``k @ q.T``, ...
 
+On *not attempted* and *wrong*, the learner's names in the notebook are rebound to the package's
+reference (``_exercise.py``), so the cells after a failed check still run and each unsolved
+exercise fails only its own check cell. In a notebook the outcome is shown as one message,
+without a traceback into the checker.
+
 The checkers run the learner's code on fresh random inputs each time, so an implementation
 cannot pass by returning memorised numbers. Hints come from structural checks (NaN, rows that
 do not sum to 1, weight on masked keys) and from comparing the learner's output with the
-outputs of the known buggy variants in ``shared/PITFALLS.md``.
+outputs of known buggy variants; a hint names a bug only when every probe agrees with it.
 """
 
 from scratchformer.checks import (
@@ -29,6 +34,7 @@ from scratchformer.checks import (
     scores,
 )
 from scratchformer.checks._common import ExerciseNotAttempted, ExerciseWrong
+from scratchformer.checks._exercise import REGISTRY, install_notebook_display
 from scratchformer.checks.attention import *  # noqa: F403  chapter 02
 from scratchformer.checks.baselines import *  # noqa: F403  chapter 05
 from scratchformer.checks.causal import *  # noqa: F403  chapter 07
@@ -40,4 +46,6 @@ from scratchformer.checks.positional import *  # noqa: F403  chapter 04
 from scratchformer.checks.scores import *  # noqa: F403  chapter 01
 
 _CHAPTER_MODULES = (scores, attention, multihead, positional, baselines, encoder, causal, decoder, model)
-__all__ = ["ExerciseNotAttempted", "ExerciseWrong"] + [name for m in _CHAPTER_MODULES for name in m.__all__]
+__all__ = ["ExerciseNotAttempted", "ExerciseWrong", "REGISTRY"] + [name for m in _CHAPTER_MODULES for name in m.__all__]
+
+install_notebook_display()

@@ -34,29 +34,57 @@ def _randn(g: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=g)
 
 
+NOT_ATTEMPTED = (
+    "{name}: not attempted yet. Replace the `raise NotImplementedError` line in the cell marked "
+    "`# YOUR CODE HERE` with your code, run that cell, then run this check again."
+)
+
+
+def _learner_line(tb) -> str:
+    """`` (line N: `code`)`` for the innermost frame of the traceback that is the learner's own
+    code (not torch, not the standard library, not scratchformer); empty if there is none."""
+    import linecache
+    import os
+    import traceback
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    skip = (package, os.path.dirname(torch.__file__), os.path.dirname(os.__file__))
+    found = ""
+    for frame in traceback.extract_tb(tb):
+        filename = os.path.abspath(frame.filename) if not frame.filename.startswith("<") else frame.filename
+        if filename.startswith(skip) or "site-packages" in filename:
+            continue
+        code = (frame.line or linecache.getline(frame.filename, frame.lineno)).split("  #")[0].strip()
+        found = f" (line {frame.lineno}: `{code}`)" if code else f" (line {frame.lineno})"
+    return found
+
+
+def _raised(name: str, error: Exception, hint: str = "") -> ExerciseWrong:
+    """An :class:`ExerciseWrong` that names the learner's exception and line."""
+    where = _learner_line(error.__traceback__)
+    text = f"{name}: your code raised {type(error).__name__}{where}: {error}"
+    return ExerciseWrong(f"{text.rstrip('.')}." + (f" {hint}" if hint else ""))
+
+
 def _call(name: str, fn: Callable, *args, **kwargs):
-    """Call the learner's ``fn``; turn the stub's NotImplementedError into 'not attempted'."""
+    """Call the learner's ``fn``. The stub's NotImplementedError is 'not attempted'; any other
+    exception is 'wrong', naming the exception and the learner's line."""
     __tracebackhide__ = True
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
-        raise ExerciseNotAttempted(
-            f"{name}: not attempted yet. Replace the `raise NotImplementedError` line in the cell "
-            "marked `# YOUR CODE HERE` with your code, run that cell, then run this check again."
-        ) from None
+        raise ExerciseNotAttempted(NOT_ATTEMPTED.format(name=name)) from None
     except (ExerciseNotAttempted, ExerciseWrong):
         raise
     except Exception as error:  # the learner's code crashed: report it with a hint
-        hint = ""
         text = str(error)
+        hint = ""
         if "shape" in text or "size" in text or "dimension" in text:
             hint = (
-                " Hint: a shape error. Write the shape of every intermediate tensor next to the "
-                "line that makes it; scores must be (..., T, S) = q @ k.transpose(-2, -1)."
+                "Hint: a shape error. Write the shape of every intermediate tensor next to the "
+                "line that makes it."
             )
-        raise ExerciseWrong(
-            f"{name}: your code raised {type(error).__name__}: {text}.{hint}"
-        ) from error
+        raise _raised(name, error, hint) from error
 
 
 def _close(a, b, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
