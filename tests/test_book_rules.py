@@ -45,7 +45,8 @@ def _shown_code(nb):
                 continue
             lines = [line for line in cell.source.splitlines() if not line.startswith("#|")]
         else:
-            fenced = re.findall(r"^```[^\n]*\n(.*?)^```", cell.source, re.S | re.M)
+            # fenced code blocks (```python, ```bash, ```text, ```), not ```{directive}
+            fenced = re.findall(r"^```(?!\{)[^\n]*\n(.*?)^```", cell.source, re.S | re.M)
             lines = [line for block in fenced for line in block.splitlines()]
         for number, line in enumerate(lines, 1):
             yield index, number, line
@@ -59,6 +60,14 @@ def test_every_shown_code_line_fits_the_page(path):
     wide = [f"cell {i} line {n} ({len(line)} chars): {line.strip()[:60]}"
             for i, n, line in _shown_code(nbtools.read(path)) if len(line) > WIDTH]
     assert not wide, f"{len(wide)} code lines wider than {WIDTH} characters:\n" + "\n".join(wide[:20])
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("book/*.md")), ids=lambda p: p.name)
+def test_every_code_line_of_the_prose_pages_fits(path):
+    import nbformat
+    page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(path.read_text())])
+    wide = [line for _, _, line in _shown_code(page) if len(line) > WIDTH]
+    assert not wide, wide
 
 
 def test_the_width_check_bites():

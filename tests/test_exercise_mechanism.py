@@ -36,8 +36,8 @@ def test_in_a_notebook_an_unsolved_exercise_fails_only_its_check_cell():
         "print(padding_mask.__module__)",
     )
     assert [e.ename for e in errors(cells[2])] == ["ExerciseNotAttempted"]
-    assert "Exercise 2.1 not solved yet: the cells below use scratchformer.attention's " \
-           "`padding_mask` instead." in stdout(cells[2])
+    assert "Exercise 2.1 not solved yet: the cells below use scratchformer's `padding_mask`." \
+        in stdout(cells[2])
     assert errors(cells[2])[0].traceback[0].startswith("\x1b[1m⏳ padding_mask: not attempted")
     assert len(errors(cells[2])[0].traceback) == 1          # one message, no traceback
     assert not errors(cells[3]) and stdout(cells[3]) == "[[True, True, False], [False, False, False]]\n"

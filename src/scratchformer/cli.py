@@ -120,7 +120,7 @@ def run_exercises(notebook: Path, timeout: int = 600) -> Report:
                                                "" if passed else "the check printed no result"))
                 continue
             error = errors[0]
-            message = ANSI.sub("", error.get("evalue", "")).strip()
+            message = ANSI.sub("", error.get("evalue", "")).strip().removeprefix(f"{name}: ")
             status = {"ExerciseNotAttempted": "not attempted", "ExerciseWrong": "wrong"}.get(
                 error.get("ename"), "error")
             detail = message if status != "error" else f"{error.get('ename')}: {message}"

@@ -4,8 +4,9 @@ Every public checker is wrapped with :func:`exercise`. When the learner's code p
 checker prints one ``✅`` line. When it is *not attempted* or *wrong*, the wrapper
 
 1. rebinds the learner's names in the notebook (``padding_mask``, ``MultiHeadAttention``, ...)
-   to the package's reference implementation, and prints a one-line note saying so, so the
-   cells after the check run on working code and only this check cell fails;
+   to the package's reference implementation (module ``reference``) and prints a one-line
+   note saying so, so the cells after the check run on working code and only this check cell
+   fails;
 2. raises :class:`ExerciseNotAttempted` or :class:`ExerciseWrong`. In a notebook these are shown
    as one short message (no traceback into the checker), and the cell still counts as failed,
    so ``pytest --nbval-lax`` reports exactly the unsolved exercises.
@@ -78,7 +79,7 @@ def _fall_back(number: str, reference: str, learner: tuple, outcome: Exception) 
     state = "not solved yet" if isinstance(outcome, ExerciseNotAttempted) else "not right yet"
     if replaced:
         names = " and ".join(f"`{n}`" for n in replaced)
-        print(f"↪ Exercise {number} {state}: the cells below use {reference}'s {names} instead.")
+        print(f"↪ Exercise {number} {state}: the cells below use scratchformer's {names}.")
 
 
 def _show_outcome(shell, etype, value, tb, tb_offset=None) -> list[str]:
