@@ -27,7 +27,7 @@ import nbtools
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 DIRECTIVE = re.compile(r"^#\|.*$")
-STUB = 'raise NotImplementedError("Exercise {number}: replace this line with your code")'
+STUB = 'raise NotImplementedError("Exercise {number}: write your code here")'
 
 
 def exercise_number(nb: nbformat.NotebookNode, cell_index: int) -> str:

@@ -1,11 +1,12 @@
-"""The ``scratchformer`` command.
+"""The ``scratchformer`` command: ``scratchformer check [NN] [-v]`` reports the exercises of the
+learner notebooks, one line per exercise, or a progress table over every chapter."""
 
-* ``scratchformer check NN`` runs the learner notebook of chapter NN top to bottom and prints one
-  line per exercise (passed / not attempted / wrong, with the hint), then a summary; it exits 0
-  only when every exercise passed and every other cell ran. ``-v`` shows nbval's full output
-  instead (``pytest --nbval-lax``).
-* ``scratchformer check`` does the same for every chapter and prints a progress table.
-"""
+# `scratchformer check NN` runs the learner notebook of chapter NN top to bottom and prints one
+# line per exercise (passed / not attempted / wrong, with the hint), then a summary; it exits 0
+# only when every exercise passed and every other cell ran. `-v` shows nbval's full output
+# instead (`pytest --nbval-lax`). `scratchformer check` does the same for every chapter.
+# (Module docstrings stay at most 3 lines: longer ones make nbdev-export rewrite the package
+# docstring in __init__.py.)
 
 from __future__ import annotations
 

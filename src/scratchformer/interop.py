@@ -1,21 +1,17 @@
-"""Conversion between scratchformer's modules and PyTorch's reference modules (for parity checks).
+"""Conversion between scratchformer's modules and PyTorch's reference modules (parity checks):
+mask polarity, parameter names and final norms are converted here, once."""
 
-Hand-written; no chapter teaches from this file and no model module imports it. The structures
-are the same; three things differ, and each is converted here, once:
-
-* **mask polarity** — scratchformer's boolean masks mean *True = may attend* (the
-  ``F.scaled_dot_product_attention`` convention); ``nn.MultiheadAttention`` and
-  ``nn.Transformer*`` read *True = may NOT attend*;
-* **parameter names** — ``in_proj.weight`` is torch's ``in_proj_weight``, our ``feed_forward.linear1``
-  is its ``linear1``, our ``cross_attn`` its ``multihead_attn``;
-* **final norms** — ``nn.Transformer`` always builds final LayerNorms; a post-LN stack of this
-  book has none (a second LayerNorm after the last layer's own would change the function).
-
-Functions: :func:`to_torch_attn_mask`, :func:`to_torch_key_padding_mask`,
-:func:`multihead_from_torch`, :func:`encoder_layer_from_torch`, :func:`encoder_from_torch`,
-:func:`decoder_layer_from_torch`, :func:`decoder_from_torch`, :func:`transformer_core_to_torch`,
-:func:`load_transformer_core_from_torch`.
-"""
+# Hand-written; no chapter teaches from this file and no model module imports it. The
+# structures are the same; three things differ:
+# * mask polarity: scratchformer's boolean masks mean True = may attend (the
+#   F.scaled_dot_product_attention convention); nn.MultiheadAttention and nn.Transformer* read
+#   True = may NOT attend;
+# * parameter names: our in_proj.weight is torch's in_proj_weight, our feed_forward.linear1 is
+#   its linear1, our cross_attn its multihead_attn;
+# * final norms: nn.Transformer always builds final LayerNorms; a post-LN stack of this book
+#   has none (a second LayerNorm after the last layer's own would change the function).
+# (Module docstrings stay at most 3 lines: longer ones make nbdev-export rewrite the package
+# docstring in __init__.py.)
 
 from __future__ import annotations
 
@@ -219,6 +215,10 @@ def transformer_core_to_torch(model) -> nn.Transformer:
     ours. Embeddings, positions and the generator sit outside ``nn.Transformer``.
     """
     c = model.config
+    if getattr(c, "positional", None) == "rotary":
+        raise ValueError("a model with positional='rotary' rotates queries and keys inside its "
+                         "self-attentions; nn.Transformer cannot, so its core would compute "
+                         "something else. Convert a sinusoidal or learned model.")
     weight = model.generator.weight
     reference = nn.Transformer(c.d_model, c.n_heads, c.n_encoder_layers, c.n_decoder_layers, c.d_ff,
                                c.dropout, batch_first=True, norm_first=c.norm_first,
