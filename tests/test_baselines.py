@@ -90,7 +90,7 @@ def test_self_attention_macs_defaults_follow_self_attention():
 
 @pytest.mark.parametrize("args, needle", [((0, 8), "n"), ((4, 8, -1), "d_k"), ((4, 2.0), "d_model")])
 def test_self_attention_macs_rejects_bad_sizes(args, needle):
-    with pytest.raises(ValueError, match=f"^{needle} must be a positive int"):
+    with pytest.raises(ValueError, match=f"^{needle} must be an int >= 1"):
         self_attention_macs(*args)
 
 

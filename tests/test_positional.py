@@ -84,7 +84,7 @@ def closed_form(length, d_model):
     return table
 
 
-@pytest.mark.parametrize("length, d_model", [(1, 2), (50, 16), (7, 5), (30, 1), (200, 64), (0, 4)])
+@pytest.mark.parametrize("length, d_model", [(1, 2), (50, 16), (7, 5), (30, 1), (200, 64), (0, 4), (3, 0)])
 def test_sinusoidal_table_equals_closed_form(length, d_model):
     table = sinusoidal_table(length, d_model)
     assert table.shape == (length, d_model) and table.dtype == torch.float32
@@ -303,7 +303,8 @@ def test_rotary_in_bfloat16_is_close_to_float32():
     (lambda: SinusoidalPositionalEncoding(8)(torch.randn(8)), ["(8,)"]),
     (lambda: LearnedPositionalEmbedding(4, 8)(torch.randn(2, 3, 6)), ["d_model=8", "(2, 3, 6)"]),
     (lambda: sinusoidal_table(-1, 8), ["length", "-1"]),
-    (lambda: sinusoidal_table(4, 0), ["d_model", "0"]),
+    (lambda: sinusoidal_table(4, -2), ["d_model", "-2"]),
+    (lambda: sinusoidal_table(4.0, 8), ["length", "4.0"]),
     (lambda: SinusoidalPositionalEncoding(8)(torch.ones(2, 3, 8, dtype=torch.long)), ["torch.int64"]),
 ])
 def test_bad_input_raises_value_error_naming_the_problem(call, needles):

@@ -8,178 +8,106 @@ pays for it with $n^2$. Each claim measured."""
 __all__ = ['receptive_field', 'ConvEncoder', 'RNNEncoder', 'self_attention_macs']
 
 # %% ../../notebooks/05_attention_vs_cnn_rnn.ipynb #c4de5f95
-from collections.abc import Sequence
-
 import torch
 from einops import rearrange
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .shapes import require_tensor
+from .shapes import (
+    conv_stack, padded_batch, per_layer, require_rnn_config, require_sizes)
 
 
-def _per_layer(kernel_sizes: int | Sequence[int], dilations: int | Sequence[int]) -> tuple[list[int], list[int]]:
-    """Two lists of equal length, one entry per layer; an int is repeated for every layer
-    (two ints describe a single layer)."""
-    def as_list(name, value):
-        values = [value] if isinstance(value, int) else list(value) if isinstance(value, Sequence) else None
-        if values is None or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-            raise ValueError(f"{name} must be a positive int or a sequence of positive ints, one per "
-                             f"layer; got {value!r}.")
-        return values
+def receptive_field(kernel_sizes, dilations=1) -> int:
+    """The receptive field of a stack of stride-1 1-D convolutions.
 
-    ks, ds = as_list("kernel_sizes", kernel_sizes), as_list("dilations", dilations)
-    if isinstance(kernel_sizes, int) and not isinstance(dilations, int):
-        ks = ks * len(ds)
-    elif isinstance(dilations, int) and not isinstance(kernel_sizes, int):
-        ds = ds * len(ks)
-    if len(ks) != len(ds):
-        raise ValueError(f"kernel_sizes {list(ks)} and dilations {list(ds)} must have one entry per layer; "
-                         f"got {len(ks)} and {len(ds)}.")
-    return ks, ds
-
-
-def receptive_field(kernel_sizes: int | Sequence[int], dilations: int | Sequence[int] = 1) -> int:
-    """Receptive field of a stack of stride-1 1-D convolutions: ``r = 1 + Σ_l (k_l - 1) · d_l``.
-
-    kernel_sizes: the kernel size of each layer (a sequence), or one int for every layer.
-    dilations: the dilation of each layer, or one int for every layer (default 1).
-    Returns the width of the window of input positions that can influence one output position,
-    from the first to the last (1 for an empty stack). Examples: ``receptive_field([3, 3, 3])
-    == 7``; ``receptive_field(3, [1, 3, 9]) == 27``.
+    kernel_sizes: the kernel size of each layer (a sequence), or one int.
+    dilations: the dilation of each layer, or one int (default 1).
+    Returns an int: the width of the window of input positions, from the
+    first to the last, that can influence one output position.
     """
-    kernel_sizes, dilations = _per_layer(kernel_sizes, dilations)  # two lists, one entry per layer
+    kernel_sizes, dilations = per_layer(kernel_sizes, dilations)  # lists
+    # Each layer widens the window below it by the span of its taps, (k-1)·d.
     return 1 + sum((k - 1) * d for k, d in zip(kernel_sizes, dilations))
 
 # %% ../../notebooks/05_attention_vs_cnn_rnn.ipynb #112845ef
-def _real_tokens(name: str, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Check a padding mask for x (B, T, D) and return it as (B, T), True at real tokens."""
-    if mask is None:
-        return None
-    B, T = x.shape[0], x.shape[1]
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"{name}: mask must be a boolean tensor (B, T) or (B, 1, T), True at the real "
-                         f"tokens; got {got}. Build it with padding_mask(lengths, T).")
-    if mask.dim() == 3 and mask.size(1) == 1:
-        mask = mask[:, 0]                                                  # (B, 1, T) -> (B, T)
-    if tuple(mask.shape) != (B, T):
-        raise ValueError(f"{name}: mask of shape {tuple(mask.shape)} does not fit x of shape "
-                         f"{tuple(x.shape)}; expected (B, T) = ({B}, {T}) or (B, 1, T), True at the real tokens.")
-    return mask
-
-
-def _require_input(name: str, x: torch.Tensor, d_model: int) -> None:
-    require_tensor("x", x, min_dim=3)
-    if x.dim() != 3 or x.size(-1) != d_model:
-        raise ValueError(f"{name}(d_model={d_model}) expects x of shape (B, T, {d_model}), got {tuple(x.shape)}.")
-
-
 class ConvEncoder(nn.Module):
-    """A stack of 1-D convolutions over time: ``H ← H + ReLU(Conv1d(H))`` per layer.
+    """``n_layers`` 1-D convolutions over time: ``H <- H + ReLU(Conv1d(H))``.
 
-    Args:
-        d_model: size D of the input and output vectors (the conv's channels).
-        kernel_size: odd kernel size k of every layer (odd, so the zero padding is symmetric).
-        n_layers: number of layers L.
-        dilation: one int for every layer, or one per layer (e.g. ``[1, 3, 9]``).
-
-    ``forward(x (B, T, D), mask=None) -> (B, T, D)``. ``mask`` is boolean, (B, T) or (B, 1, T),
-    True at the real tokens (``padding_mask(lengths, T)``). Padded positions are zeroed before
-    every layer and in the output, so they never change the outputs at real positions. Each
-    output sees a window of ``self.receptive_field`` inputs centred on its own position.
+    ``kernel_size``: odd, for every layer; ``dilation``: one int, or one per
+    layer. ``forward(x (B, T, D), mask=None) -> (B, T, D)``; ``mask``:
+    boolean (B, T) or (B, 1, T), True at the real tokens. Padded positions
+    are zeroed before every layer and in the output, so they never change a
+    real output.
     """
 
-    def __init__(self, d_model: int, kernel_size: int = 3, n_layers: int = 2, dilation: int | Sequence[int] = 1):
+    def __init__(self, d_model: int, kernel_size: int = 3, n_layers: int = 2,
+                 dilation=1):
         super().__init__()
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be an odd positive int (symmetric zero padding), got {kernel_size!r}.")
-        if not isinstance(n_layers, int) or n_layers < 1:
-            raise ValueError(f"n_layers must be a positive int, got {n_layers!r}.")
-        kernel_sizes, dilations = _per_layer([kernel_size] * n_layers, dilation)
-        self.d_model, self.kernel_size, self.dilations = d_model, kernel_size, dilations
-        self.receptive_field = receptive_field(kernel_sizes, dilations)
+        self.dilations = conv_stack(kernel_size, n_layers, dilation)  # (L,)
+        self.d_model, self.kernel_size = d_model, kernel_size
+        self.receptive_field = receptive_field(kernel_size, self.dilations)
         self.convs = nn.ModuleList(
-            nn.Conv1d(d_model, d_model, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2)
-            for d in dilations
-        )
+            nn.Conv1d(d_model, d_model, kernel_size, dilation=d,
+                      padding=d * (kernel_size - 1) // 2)     # keeps length T
+            for d in self.dilations)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _require_input("ConvEncoder", x, self.d_model)
-        keep = _real_tokens("ConvEncoder", x, mask)                  # (B, T) or None
-        h = rearrange(x, "b t d -> b d t")                            # Conv1d wants channels first
-        pad = None if keep is None else ~keep[:, None, :]             # (B, 1, T), True at padding
+    def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
+        keep = padded_batch(self, x, mask)                # (B, T) or None
+        h = rearrange(x, "b t d -> b d t")          # Conv1d: channels first
         for conv in self.convs:
-            if pad is not None:
-                h = h.masked_fill(pad, 0.0)                           # padding never reaches a real output
-            h = h + torch.relu(conv(h))                               # (B, D, T)
-        if pad is not None:
-            h = h.masked_fill(pad, 0.0)
+            if keep is not None:
+                h = h.masked_fill(~keep[:, None, :], 0.0)       # padding -> 0
+            h = h + torch.relu(conv(h))                          # (B, D, T)
+        if keep is not None:
+            h = h.masked_fill(~keep[:, None, :], 0.0)
         return rearrange(h, "b d t -> b t d")
 
 # %% ../../notebooks/05_attention_vs_cnn_rnn.ipynb #d96f530f
 class RNNEncoder(nn.Module):
-    """A recurrent encoder (GRU by default), batch first: ``(B, T, D) -> (B, T, D)``.
+    """A recurrent encoder (``cell``: "gru", "lstm" or "rnn"), batch first.
 
-    Args:
-        d_model: size D of the input and output vectors.
-        n_layers: number of stacked recurrent layers.
-        cell: ``"gru"`` (default), ``"lstm"`` or ``"rnn"`` (Elman, tanh).
-        bidirectional: if True, a forward and a backward RNN with ``d_model // 2`` units each,
-            concatenated (``d_model`` must be even).
-
-    ``forward(x (B, T, D), mask=None) -> (B, T, D)``. ``mask`` is boolean, (B, T) or (B, 1, T),
-    True at the real tokens, which must come first in each row (right padding, as
-    ``padding_mask(lengths, T)`` builds it). Padded steps are skipped with
-    ``pack_padded_sequence``, so they never change the outputs at real positions, in either
-    direction; outputs at padded positions are 0.
-    """
+    ``forward(x (B, T, D), mask=None) -> (B, T, D)``; ``mask``: boolean
+    (B, T) or (B, 1, T), True at the real tokens, which come first in each
+    row (``padding_mask``). Padded steps are skipped, in both directions if
+    ``bidirectional``; outputs at padded positions are 0."""
 
     CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 
-    def __init__(self, d_model: int, n_layers: int = 1, cell: str = "gru", bidirectional: bool = False):
+    def __init__(self, d_model: int, n_layers: int = 1, cell: str = "gru",
+                 bidirectional: bool = False):
         super().__init__()
-        if cell not in self.CELLS:
-            raise ValueError(f"cell must be one of {sorted(self.CELLS)}, got {cell!r}.")
-        if bidirectional and d_model % 2:
-            raise ValueError(f"a bidirectional RNNEncoder gives each direction d_model // 2 units, so d_model "
-                             f"must be even; got d_model={d_model}.")
+        require_rnn_config(d_model, cell, bidirectional, self.CELLS)
         self.d_model, self.bidirectional = d_model, bidirectional
-        hidden = d_model // 2 if bidirectional else d_model
-        self.rnn = self.CELLS[cell](d_model, hidden, num_layers=n_layers, batch_first=True,
+        hidden = d_model // 2 if bidirectional else d_model   # per direction
+        self.rnn = self.CELLS[cell](d_model, hidden, n_layers, batch_first=True,
                                     bidirectional=bidirectional)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _require_input("RNNEncoder", x, self.d_model)
-        keep = _real_tokens("RNNEncoder", x, mask)                          # (B, T) or None
+    def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
+        keep = padded_batch(self, x, mask, right_padded=True)  # (B, T) or None
         if keep is None or keep.all():
-            return self.rnn(x)[0]                                           # (B, T, D)
-        T = x.size(1)
-        lengths = keep.sum(dim=-1)                                          # (B,)
-        if not torch.equal(keep, torch.arange(T, device=keep.device)[None, :] < lengths[:, None]):
-            raise ValueError("RNNEncoder: mask must be a right-padding mask (True at the first lengths[b] "
-                             "positions of row b, False after them); build it with padding_mask(lengths, T).")
-        # pack_padded_sequence needs lengths >= 1; an empty sequence runs one step and is zeroed below.
-        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, D), zeros after each length
-        return out.masked_fill(~keep[:, :, None], 0.0)
+            return self.rnn(x)[0]                                  # (B, T, D)
+        lengths = keep.sum(dim=-1).clamp(min=1).cpu()     # see the notes below
+        packed = pack_padded_sequence(x, lengths, batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True,
+                                     total_length=x.size(1))       # (B, T, D)
+        return out.masked_fill(~keep[:, :, None], 0.0)    # padding -> 0
 
 # %% ../../notebooks/05_attention_vs_cnn_rnn.ipynb #d83dfbd3
-def self_attention_macs(n: int, d_model: int, d_k: int | None = None, d_v: int | None = None) -> int:
-    """Multiply-adds of one single-head self-attention layer (chapter 02's ``SelfAttention``).
+def self_attention_macs(n: int, d_model: int, d_k: int | None = None,
+                        d_v: int | None = None) -> int:
+    """Multiply-adds of chapter 02's single-head ``SelfAttention`` layer.
 
-    For one sequence of n tokens of size d_model, with queries/keys of size d_k (default
-    d_model) and values of size d_v (default d_k): the projections ``Q = X W_Q``, ``K = X W_K``,
-    ``V = X W_V``, the scores ``Q Kᵀ`` and the weighted sum ``P V``. The softmax and the 1/sqrt(d_k)
-    scaling are not matrix products and are not counted. Multiply by B for a batch.
+    For one sequence of n tokens of size d_model, with queries and keys of
+    size d_k (default d_model) and values of size d_v (default d_k): the
+    matrix products of the three projections, of the scores and of the
+    weighted sum of the values. The softmax and the scaling are not counted.
+    Returns an int; multiply by B for a batch.
     """
     d_k = d_model if d_k is None else d_k
     d_v = d_k if d_v is None else d_v
-    for name, value in (("n", n), ("d_model", d_model), ("d_k", d_k), ("d_v", d_v)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    projections = n * d_model * (2 * d_k + d_v)   # (n, d_model)(d_model, d_k) twice, (d_model, d_v) once
-    scores = n * n * d_k                          # Q Kᵀ: (n, d_k)(d_k, n)
-    weighted_sum = n * n * d_v                    # P V: (n, n)(n, d_v)
+    require_sizes(n=n, d_model=d_model, d_k=d_k, d_v=d_v)
+    projections = n * d_model * (2 * d_k + d_v)  # X W_Q, X W_K: d_k; X W_V: d_v
+    scores = n * n * d_k                         # Q Kᵀ: (n, d_k)(d_k, n)
+    weighted_sum = n * n * d_v                   # P V: (n, n)(n, d_v)
     return projections + scores + weighted_sum

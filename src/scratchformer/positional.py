@@ -10,170 +10,131 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .shapes import fmt, require_tensor
-
-
-def _require_size(name: str, value, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+from .shapes import (
+    require_even_head_dim, require_rotary_input, require_same_length,
+    require_sequence, require_sizes)
 
 
 def sinusoidal_table(length: int, d_model: int) -> torch.Tensor:
-    """The sinusoidal table of Vaswani et al. (2017), §3.5, float32 of shape ``(length, d_model)``.
+    """The sinusoidal position table of Vaswani et al. (2017), §3.5.
 
-    ``PE[pos, 2i] = sin(pos / 10000^(2i/d))`` and ``PE[pos, 2i+1] = cos(pos / 10000^(2i/d))``.
-    Row ``pos`` does not depend on ``length``: a longer table starts with the shorter one.
-    An odd ``d_model`` ends with a sin column that has no cos partner.
+    Returns a float32 tensor of shape ``(length, d_model)`` whose row ``pos``
+    encodes position ``pos = 0, 1, ...``: the sines of §4.2's equation in
+    the even columns, the cosines in the odd ones. Row ``pos`` does not
+    depend on ``length``; an odd ``d_model`` ends with a sine column.
     """
-    _require_size("length", length)
-    _require_size("d_model", d_model, minimum=1)
-    pos = torch.arange(length, dtype=torch.float64)[:, None]        # (T, 1); float64 for accuracy
-    column = torch.arange(d_model, dtype=torch.float64)             # (D,): j = 0, 1, ..., D-1
-    two_i = column - column % 2                                     # 2i, shared by columns 2i and 2i+1
-    angles = pos / 10000 ** (two_i / d_model)                       # (T, D): pos / 10000^(2i/d)
-    return torch.where(column % 2 == 0, angles.sin(), angles.cos()).float()  # sin even, cos odd
+    require_sizes(at_least=0, length=length, d_model=d_model)
+    pos = torch.arange(length, dtype=torch.float64)[:, None]  # (T, 1); float64
+    j = torch.arange(d_model, dtype=torch.float64)            # (D,): columns
+    two_i = j - j % 2                    # 2i, shared by columns 2i and 2i + 1
+    angles = pos / 10000 ** (two_i / d_model)   # (T, D): pos / 10000^(2i/d)
+    table = torch.where(j % 2 == 0, angles.sin(), angles.cos())
+    return table.float()                      # sin in even, cos in odd columns
 
 # %% ../../notebooks/04_positional_encoding.ipynb #c07100c9
 class SinusoidalPositionalEncoding(nn.Module):
-    """Adds the sinusoidal table: ``forward(x (B, T, D)) -> dropout(x + PE[:T])``, any T.
+    """Adds the sinusoidal table: ``x (B, T, D) -> dropout(x + PE[:T])``.
 
     Args:
-        d_model: size D of the token vectors (odd sizes allowed, see ``sinusoidal_table``).
-        dropout: dropout probability applied to the sum (in training mode only).
+        d_model: size D of the token vectors (odd sizes allowed).
+        dropout: dropout probability on the sum (in training mode only).
 
-    The table is computed on the fly and cached (non-persistent buffer ``table``, (T_max, D));
-    it is never part of the ``state_dict``.
+    Works for any length T: the table is computed when needed and cached
+    in a buffer ``table`` (T_max, D) that the ``state_dict`` leaves out.
     """
 
     def __init__(self, d_model: int, dropout: float = 0.0):
         super().__init__()
-        _require_size("d_model", d_model, minimum=1)
+        require_sizes(d_model=d_model)
         self.d_model = d_model
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer("table", sinusoidal_table(0, d_model), persistent=False)  # (0, D)
+        self.register_buffer("table", sinusoidal_table(0, d_model),
+                             persistent=False)                     # (0, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        require_tensor("x", x, min_dim=2)
-        if x.size(-1) != self.d_model:
-            raise ValueError(f"SinusoidalPositionalEncoding(d_model={self.d_model}) got x of shape "
-                             f"{fmt(x)}; expected (B, T, {self.d_model}).")
+        require_sequence(self, x)                         # x: (..., T, D)
         T = x.size(-2)
-        if T > self.table.size(0):                     # longer than ever seen: compute a longer table
+        if T > self.table.size(0):          # longer than ever seen: recompute
             self.table = sinusoidal_table(T, self.d_model).to(x.device)
-        return self.dropout(x + self.table[:T].to(x.dtype))   # (B, T, D) + (T, D)
+        return self.dropout(x + self.table[:T].to(x.dtype))  # + (T, D)
 
 # %% ../../notebooks/04_positional_encoding.ipynb #c0e346ac
 class LearnedPositionalEmbedding(nn.Module):
-    """Adds a trained vector per position: ``forward(x (B, T, D)) -> dropout(x + E[:T])``.
+    """Adds a trained vector per position: ``x -> dropout(x + E[:T])``.
 
     Args:
-        max_len: number of positions the table holds; ``T > max_len`` raises ``ValueError``.
+        max_len: number of positions in the table; longer input raises.
         d_model: size D of the token vectors.
-        dropout: dropout probability applied to the sum (in training mode only).
+        dropout: dropout probability on the sum (in training mode only).
 
-    The table ``embedding.weight`` (max_len, D) is initialised from N(0, 0.02²).
+    The table ``embedding.weight`` (max_len, D) starts from N(0, 0.02²).
     """
 
     def __init__(self, max_len: int, d_model: int, dropout: float = 0.0):
         super().__init__()
-        _require_size("max_len", max_len, minimum=1)
-        _require_size("d_model", d_model, minimum=1)
+        require_sizes(max_len=max_len, d_model=d_model)
         self.max_len, self.d_model = max_len, d_model
         self.embedding = nn.Embedding(max_len, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        require_tensor("x", x, min_dim=2)
-        if x.size(-1) != self.d_model:
-            raise ValueError(f"LearnedPositionalEmbedding(d_model={self.d_model}) got x of shape "
-                             f"{fmt(x)}; expected (B, T, {self.d_model}).")
+        require_sequence(self, x)              # x: (..., T, D), T <= max_len
         T = x.size(-2)
-        if T > self.max_len:
-            raise ValueError(
-                f"LearnedPositionalEmbedding(max_len={self.max_len}) got a sequence of length T={T} "
-                f"(x of shape {fmt(x)}): a learned table has no row for positions >= {self.max_len}. "
-                f"Truncate the input to {self.max_len} tokens, or build the module with "
-                f"max_len >= {T} and train it on sequences that long."
-            )
-        return self.dropout(x + self.embedding.weight[:T])   # (B, T, D) + (T, D)
+        return self.dropout(x + self.embedding.weight[:T])     # + (T, D)
 
 # %% ../../notebooks/04_positional_encoding.ipynb #71bf1e99
-def rotate_pairs(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding (RoFormer): rotate pair ``(x[2i], x[2i+1])`` by ``positions·θ_i``.
+def rotate_pairs(x: torch.Tensor, positions: torch.Tensor,
+                 base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (RoFormer) of ``x``, shape ``(..., T, Dh)``.
 
-    ``θ_i = base^(-2i/Dh)``; the rotation is counter-clockwise:
-    ``x'[2i] = x[2i] cos - x[2i+1] sin``, ``x'[2i+1] = x[2i] sin + x[2i+1] cos``.
-
-    x: (..., T, Dh) with Dh even. positions: (T,), or any shape that broadcasts to (..., T);
-    integer or float. Returns a tensor of the shape and dtype of ``x``.
+    Rotates each neighbouring pair ``(x[..., t, 2i], x[..., t, 2i+1])``
+    counter-clockwise by the angle of §4.4 for position ``positions[t]`` and
+    frequency ``θ_i``, with ``base`` in place of 10000. ``Dh`` must be even.
+    positions: (T,), or any shape that broadcasts to ``x.shape[:-1]``;
+    integers or floats. Returns a new tensor of the shape and dtype of ``x``
+    (``x`` itself is left unchanged; gradients flow back to it).
     """
-    require_tensor("x", x, min_dim=2)
-    if x.size(-1) % 2:
-        raise ValueError(f"rotary embeddings rotate pairs of coordinates, so the head size must be "
-                         f"even; x has shape {fmt(x)} (head size {x.size(-1)}).")
-    if not isinstance(positions, torch.Tensor):
-        raise ValueError(f"positions must be a tensor of shape (T,), got {type(positions).__name__}; "
-                         f"for 0 .. T-1 use torch.arange(x.size(-2)).")
-    try:
-        fits = torch.broadcast_shapes(positions.shape, x.shape[:-1]) == x.shape[:-1]
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(f"positions of shape {fmt(positions)} do not broadcast to x's (..., T) = "
-                         f"{tuple(x.shape[:-1])} (x has shape {fmt(x)}); pass one position per token, (T,).")
+    require_rotary_input(x, positions)
     Dh = x.size(-1)
-    theta = base ** (-torch.arange(0, Dh, 2, device=x.device, dtype=torch.float32) / Dh)  # (Dh/2,) θ_i
-    angles = positions.to(x.device, torch.float32)[..., None] * theta    # (..., T, Dh/2): m·θ_i
+    two_i = torch.arange(0, Dh, 2, device=x.device, dtype=torch.float32)
+    theta = base ** (-two_i / Dh)                          # (Dh/2,): θ_i
+    m = positions.to(x.device, torch.float32)[..., None]   # (..., T, 1)
+    angles = m * theta            # (..., T, Dh/2): m·θ_i, float32 for accuracy
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    pairs = rearrange(x, "... (p two) -> ... p two", two=2)              # (..., T, Dh/2, 2)
-    x1, x2 = pairs[..., 0], pairs[..., 1]                                # x[2i], x[2i+1]
-    rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return rearrange(rotated, "... p two -> ... (p two)")                # (..., T, Dh)
+    pairs = rearrange(x, "... (p two) -> ... p two", two=2)  # (..., T, Dh/2, 2)
+    x1, x2 = pairs[..., 0], pairs[..., 1]                    # x[2i], x[2i+1]
+    rotated = torch.stack([x1 * cos - x2 * sin,              # R(mθ_i) (x1, x2)
+                           x1 * sin + x2 * cos], dim=-1)
+    return rearrange(rotated, "... p two -> ... (p two)")    # (..., T, Dh)
 
 # %% ../../notebooks/04_positional_encoding.ipynb #1b9be2e0
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding for queries and keys of one or several heads.
+    """Rotary position embedding for queries and keys (one head or several).
 
     Args:
-        head_dim: size Dh of each query/key vector; must be even (pairs are rotated).
-        base: the frequency base, ``θ_i = base^(-2i/Dh)`` (default 10000).
+        head_dim: size Dh of each query/key vector; even (pairs are rotated).
+        base: the frequency base of ``rotate_pairs`` (default 10000).
 
-    Pairs are neighbours ``(x[2i], x[2i+1])`` as in RoFormer (not the half-split of GPT-NeoX).
-    ``forward(q (..., T, Dh), k (..., T, Dh), positions=None) -> (q_rot, k_rot)``, same shapes;
-    ``positions``: None (0..T-1), an int offset (offset..offset+T-1) or a tensor (T,).
-    ``rotate(x, positions=None)`` rotates one tensor.
+    ``forward(q, k, positions=None) -> (q_rot, k_rot)`` for q and k of shape
+    ``(..., T, Dh)``. ``positions``: None (0 .. T-1), an int offset
+    (offset .. offset+T-1) or a tensor (T,). ``rotate(x, positions=None)``
+    rotates one tensor. Pairs are neighbours (2i, 2i+1), as in RoFormer.
     """
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
-        _require_size("head_dim", head_dim, minimum=2)
-        if head_dim % 2:
-            raise ValueError(f"RotaryEmbedding needs an even head_dim (it rotates pairs of "
-                             f"coordinates), got head_dim={head_dim}.")
+        require_even_head_dim(head_dim)
         self.head_dim, self.base = head_dim, float(base)
 
-    def _positions(self, T: int, positions, device) -> torch.Tensor:
-        if positions is None:
-            return torch.arange(T, device=device)
-        if isinstance(positions, int) and not isinstance(positions, bool):
-            return torch.arange(positions, positions + T, device=device)
-        return positions
+    def rotate(self, x: torch.Tensor, positions=None) -> torch.Tensor:
+        """Rotate ``x (..., T, head_dim)``; returns the same shape."""
+        require_rotary_input(x, positions, self.head_dim)
+        if positions is None or isinstance(positions, int):  # 0.. or offset..
+            start = positions or 0
+            positions = torch.arange(start, start + x.size(-2), device=x.device)
+        return rotate_pairs(x, positions, self.base)
 
-    def rotate(self, x: torch.Tensor, positions: torch.Tensor | int | None = None) -> torch.Tensor:
-        """Rotate one tensor ``x (..., T, head_dim)``; returns the same shape."""
-        require_tensor("x", x, min_dim=2)
-        if x.size(-1) != self.head_dim:
-            raise ValueError(f"RotaryEmbedding(head_dim={self.head_dim}) got a tensor of shape "
-                             f"{fmt(x)}; expected (..., T, {self.head_dim}).")
-        return rotate_pairs(x, self._positions(x.size(-2), positions, x.device), self.base)
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor,
-                positions: torch.Tensor | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        require_tensor("q", q, min_dim=2)
-        require_tensor("k", k, min_dim=2)
-        if q.size(-2) != k.size(-2):
-            raise ValueError(f"q of shape {fmt(q)} and k of shape {fmt(k)} have different lengths; "
-                             "they share one set of positions here. Rotate each with its own "
-                             "positions: rotary.rotate(q, q_positions), rotary.rotate(k, k_positions).")
+    def forward(self, q: torch.Tensor, k: torch.Tensor, positions=None):
+        require_same_length(q, k)                 # one set of positions
         return self.rotate(q, positions), self.rotate(k, positions)
