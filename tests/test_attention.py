@@ -68,7 +68,7 @@ def test_fully_masked_rows_give_zeros_and_finite_gradients(dtype):
 
 
 def test_masked_softmax_with_lengths_zero_and_one():
-    """PITFALLS 1.2: a batch with one sequence of length 0 and one of length 1."""
+    """A batch with one sequence of length 0 and one of length 1: no NaN, finite gradients."""
     scores = torch.randn(2, 3, 3, requires_grad=True)
     keys = padding_mask(torch.tensor([0, 1]), 3)[:, None, :]       # (B, 1, S)
     weights = masked_softmax(scores, keys)
@@ -114,6 +114,26 @@ def test_self_attention_equals_equations():
     assert out.shape == (2, 5, 3)
 
 
+@pytest.mark.parametrize("lead", [(), (2,), (2, 3)], ids=["(T, D)", "(B, T, D)", "(B, H, T, D)"])
+def test_self_attention_takes_any_leading_axes(lead):
+    torch.manual_seed(0)
+    attention = SelfAttention(d_model=6, d_k=4, d_v=3, bias=True)
+    x = torch.randn(*lead, 5, 6)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+    out, weights = attention(x, mask)
+    assert out.shape == (*lead, 5, 3) and weights.shape == (*lead, 5, 5)
+    flat_out, _ = attention(x.reshape(-1, 5, 6), mask)
+    torch.testing.assert_close(out.reshape(-1, 5, 3), flat_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_self_attention_keeps_the_dtype(dtype):
+    attention = SelfAttention(8, d_k=4, d_v=2).to(dtype)
+    out, weights = attention(torch.randn(2, 3, 8, dtype=dtype), torch.tensor([[[True, True, False]]]))
+    assert out.dtype == weights.dtype == dtype
+    assert (weights[..., 2] == 0).all()
+
+
 def test_self_attention_defaults():
     attention = SelfAttention(10)
     assert (attention.d_k, attention.d_v) == (10, 10)
@@ -136,9 +156,11 @@ def test_padding_mask():
     (lambda: scaled_dot_product_attention(torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 2),
                                           torch.ones(2, 3, 5)), ["torch.bool", "torch.float32"]),
     (lambda: masked_softmax(torch.randn(2, 3), torch.ones(3, 3, dtype=torch.bool)), ["(3, 3)", "(2, 3)"]),
-    (lambda: SelfAttention(8)(torch.randn(2, 3, 7)), ["(2, 3, 7)", "d_model=8"]),
-    (lambda: SelfAttention(8)(torch.randn(3, 8)), ["(3, 8)"]),
+    (lambda: SelfAttention(8)(torch.randn(2, 3, 7)), ["(2, 3, 7)", "(..., T, 8)"]),
+    (lambda: SelfAttention(8)(torch.randn(8)), ["(8,)"]),
     (lambda: padding_mask(torch.tensor([4, 6]), 5), ["max_len=5", "[4, 6]"]),
+    (lambda: padding_mask(torch.tensor([2.0, 3.0]), 5), ["integers", "torch.float32"]),
+    (lambda: padding_mask(torch.tensor([[2, 3]]), 5), ["1-D"]),
     (lambda: scaled_dot_product_attention(torch.randint(0, 3, (2, 3, 4)), torch.randn(2, 5, 4), torch.randn(2, 5, 2)),
      ["torch.int64"]),
 ])

@@ -18,6 +18,10 @@ from scratchformer.encoder import (
     LayerNorm,
     layer_norm,
     residual,
+)
+from scratchformer.interop import (
+    encoder_from_torch,
+    encoder_layer_from_torch,
     to_torch_key_padding_mask,
 )
 
@@ -49,13 +53,14 @@ def torch_stack(d_model, n_heads, d_ff, n_layers, norm_first, activation="relu",
        d_ff=st.integers(1, 12), norm_first=st.booleans(), activation=st.sampled_from(["relu", "gelu"]),
        masked=st.booleans(), fast_path=st.booleans(), seed=st.integers(0, 2**16))
 def test_encoder_layer_matches_torch(B, S, H, Dh, d_ff, norm_first, activation, masked, fast_path, seed):
-    """Eval mode, weights copied; with a key-padding mask compared at the real positions (PITFALLS 1.4)."""
+    """Eval mode, weights copied; with a key-padding mask compared at the real positions (the
+    fast path may skip padded positions)."""
     D = H * Dh
     torch.manual_seed(seed)
     reference = randomise(nn.TransformerEncoderLayer(D, H, d_ff, dropout=0.2, activation=activation,
                                                      batch_first=True, norm_first=norm_first), seed)
-    ours = EncoderLayer.from_torch(reference)
-    assert not ours.training and ours.norm_first == norm_first
+    ours = encoder_layer_from_torch(reference)
+    assert isinstance(ours, EncoderLayer) and not ours.training and ours.norm_first == norm_first
     x = torch.randn(B, S, D)
     lengths = torch.randint(1, S + 1, (B,))                     # at least one real token: see the NaN test
     keep = padding_mask(lengths, S)                             # (B, S), True at real tokens
@@ -73,7 +78,7 @@ def test_encoder_matches_torch_transformer_encoder(B, S, H, n_layers, norm_first
     D = 4 * H
     torch.manual_seed(seed)
     reference = randomise(torch_stack(D, H, 16, n_layers, norm_first), seed)
-    ours = Encoder.from_torch(reference)
+    ours = encoder_from_torch(reference)
     assert len(ours.layers) == n_layers and (ours.norm is not None) == norm_first
     x = torch.randn(B, S, D)
     keep = padding_mask(torch.randint(1, S + 1, (B,)), S)
@@ -85,10 +90,10 @@ def test_encoder_matches_torch_transformer_encoder(B, S, H, n_layers, norm_first
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_parity_in_bfloat16_and_from_torch_keeps_dtype_and_mode(norm_first):
+def test_parity_in_bfloat16_and_copies_keep_dtype_and_mode(norm_first):
     torch.manual_seed(0)
     reference = randomise(torch_stack(16, 2, 32, 2, norm_first), 0).to(torch.bfloat16)
-    ours = Encoder.from_torch(reference)
+    ours = encoder_from_torch(reference)
     assert all(p.dtype == torch.bfloat16 for p in ours.parameters())
     x = torch.randn(2, 5, 16, dtype=torch.bfloat16)
     keep = padding_mask(torch.tensor([5, 3]), 5)
@@ -97,13 +102,13 @@ def test_parity_in_bfloat16_and_from_torch_keeps_dtype_and_mode(norm_first):
         expected = reference(x, src_key_padding_mask=to_torch_key_padding_mask(keep))
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out[keep], expected[keep], **TOLERANCE[torch.bfloat16])
-    assert EncoderLayer.from_torch(reference.layers[0].train()).training
+    assert encoder_layer_from_torch(reference.layers[0].train()).training
 
 
 def test_gradients_match_torch():
     torch.manual_seed(0)
     reference = randomise(torch_stack(8, 2, 16, 2, norm_first=True), 1)
-    ours = Encoder.from_torch(reference)
+    ours = encoder_from_torch(reference)
     x = torch.randn(2, 4, 8)
     keep = padding_mask(torch.tensor([4, 2]), 4)
     (ours(x, keep[:, None, :])[keep] ** 2).sum().backward()
@@ -115,12 +120,13 @@ def test_gradients_match_torch():
 
 
 def test_torch_fast_path_zeroes_padded_positions_with_nested_tensors_and_real_positions_agree():
-    """Documents PITFALLS 1.4 on this torch: nested tensors give 0 at padded positions, real ones agree."""
+    """nn.TransformerEncoder's default nested tensors (fast path) may give 0 at padded positions;
+    the real positions agree, and ours are finite everywhere."""
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = randomise(nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2), 0)
-        ours = Encoder.from_torch(reference)
+        ours = encoder_from_torch(reference)
         x = torch.randn(2, 5, 8)
         keep = padding_mask(torch.tensor([5, 2]), 5)
         with torch.no_grad():
@@ -131,6 +137,7 @@ def test_torch_fast_path_zeroes_padded_positions_with_nested_tensors_and_real_po
 
 
 def test_to_torch_key_padding_mask_inverts_once():
+    """The interop conversion the chapter's parity section uses."""
     keep = padding_mask(torch.tensor([3, 1]), 4)
     assert torch.equal(to_torch_key_padding_mask(keep), ~keep)
     assert torch.equal(to_torch_key_padding_mask(keep[:, None, :]), ~keep)
@@ -140,16 +147,16 @@ def test_to_torch_key_padding_mask_inverts_once():
         to_torch_key_padding_mask(keep[:, None, :].expand(2, 4, 4))
 
 
-def test_from_torch_refuses_what_it_cannot_copy():
+def test_copies_refuse_what_they_cannot_copy():
     with pytest.raises(ValueError, match="nn.TransformerEncoderLayer"):
-        EncoderLayer.from_torch(nn.Linear(4, 4))
+        encoder_layer_from_torch(nn.Linear(4, 4))
     with pytest.raises(ValueError, match="bias=False"):
-        EncoderLayer.from_torch(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, bias=False))
+        encoder_layer_from_torch(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, bias=False))
     with pytest.raises(ValueError, match="relu and \\(exact\\) gelu"):
-        EncoderLayer.from_torch(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, activation=torch.tanh))
+        encoder_layer_from_torch(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, activation=torch.tanh))
     with pytest.raises(ValueError, match="relu and \\(exact\\) gelu"):
-        EncoderLayer.from_torch(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True,
-                                                           activation=nn.GELU(approximate="tanh")))
+        encoder_layer_from_torch(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True,
+                                                            activation=nn.GELU(approximate="tanh")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pre_without_norm = nn.TransformerEncoder(
@@ -157,11 +164,11 @@ def test_from_torch_refuses_what_it_cannot_copy():
         post_with_norm = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2, norm=nn.LayerNorm(8), enable_nested_tensor=False)
     with pytest.raises(ValueError, match="needs a final LayerNorm"):
-        Encoder.from_torch(pre_without_norm)
+        encoder_from_torch(pre_without_norm)
     with pytest.raises(ValueError, match="post-LN"):
-        Encoder.from_torch(post_with_norm)
+        encoder_from_torch(post_with_norm)
     with pytest.raises(ValueError, match="nn.TransformerEncoder"):
-        Encoder.from_torch(nn.TransformerEncoderLayer(8, 2, 16))
+        encoder_from_torch(nn.TransformerEncoderLayer(8, 2, 16))
 
 
 # ---- padding ------------------------------------------------------------------------------------
@@ -187,7 +194,8 @@ def test_padding_never_changes_real_positions(B, S, extra, norm_first, seed, dat
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_fully_padded_sequence_gives_no_nan(dtype, norm_first):
-    """PITFALLS 1.2: a batch with a sequence of length 0 and one of length 1; outputs and gradients finite."""
+    """A batch with a sequence of length 0 and one of length 1: outputs and gradients finite
+    (PyTorch's own attention can give NaN there, pytorch/pytorch#41508)."""
     torch.manual_seed(0)
     encoder = Encoder(8, 2, 16, 2, norm_first=norm_first).to(dtype)
     x = torch.randn(3, 4, 8, dtype=dtype, requires_grad=True)
@@ -345,7 +353,8 @@ def test_eval_is_deterministic_with_dropout():
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_residual_dropout_of_one_leaves_only_the_residual_path(norm_first):
-    """PITFALLS 1.12: with the sublayer outputs fully dropped, each sublayer is identity + 0."""
+    """With the sublayer outputs fully dropped (p = 1), each sublayer connection is the identity
+    (pre-LN) or the norm of its input (post-LN)."""
     torch.manual_seed(0)
     layer = randomise(EncoderLayer(8, 2, 16, dropout=0.1, norm_first=norm_first), 2).train()
     layer.dropout1.p = layer.dropout2.p = 1.0
@@ -355,7 +364,7 @@ def test_residual_dropout_of_one_leaves_only_the_residual_path(norm_first):
 
 
 def test_post_ln_has_larger_gradients_near_the_output_at_initialisation():
-    """PITFALLS 1.8 / Xiong et al. (2020): per-layer gradient norms at init, post-LN > pre-LN near the output."""
+    """Xiong et al. (2020): at initialisation, post-LN's last layer gets a larger gradient than pre-LN's."""
     def last_layer_gradient(norm_first, seed):
         torch.manual_seed(seed)
         encoder, readout = Encoder(32, 4, 64, 12, norm_first=norm_first), nn.Linear(32, 20)
@@ -397,3 +406,28 @@ def test_clear_errors():
         EncoderLayer(8, 2, 16)(torch.randn(2, 5, 8), padding_mask(torch.tensor([5, 3]), 5))
     with pytest.raises(ValueError, match="True = may attend"):
         EncoderLayer(8, 2, 16)(torch.randn(2, 5, 8), torch.ones(2, 1, 5))
+
+
+def test_at_initialisation_pre_ln_stream_gradient_grows_towards_the_input_and_post_ln_does_not_vanish():
+    """The chapter's §6.9 claims, on a smaller stack: in pre-LN the gradient on the residual
+    stream grows on its way down; in post-LN the first layer's gradient is of the order of the
+    last layer's (no vanishing at initialisation)."""
+    def gradients(norm_first, seed):
+        torch.manual_seed(seed)
+        encoder, readout = Encoder(32, 4, 64, 12, norm_first=norm_first), nn.Linear(32, 20)
+        x, labels = torch.randn(4, 8, 32), torch.randint(0, 20, (4, 8))
+        streams = []
+        for layer in encoder.layers:
+            x = layer(x)
+            x.retain_grad()
+            streams.append(x)
+        out = x if encoder.norm is None else encoder.norm(x)
+        F.cross_entropy(readout(out).flatten(0, 1), labels.flatten()).backward()
+        params = [torch.cat([p.grad.flatten() for p in layer.parameters()]).norm() for layer in encoder.layers]
+        return torch.stack(params), torch.stack([s.grad.norm() for s in streams])
+
+    pre = [gradients(True, seed) for seed in range(3)]
+    stream = torch.stack([s for _, s in pre]).mean(0)
+    assert stream[0] > stream[5] > stream[-1]
+    post = torch.stack([p for p, _ in (gradients(False, seed) for seed in range(3))]).mean(0)
+    assert 0.5 < post[0] / post[-1] < 2

@@ -143,9 +143,17 @@ def test_dropout_probe_tells_eval_leaks_and_missing_dropout_apart():
         learner.load_state_dict(reference.state_dict())
         with pytest.raises(checks.ExerciseWrong, match=message):
             _probes.require_dropout_behaviour("f", learner, reference, run)
-    good = Net("ok")
-    good.load_state_dict(reference.state_dict())
-    _probes.require_dropout_behaviour("f", good, reference, run)
+    unscaled = Net("unscaled")
+    unscaled.forward = lambda x: unscaled.linear(                       # forgets the 1/(1-p)
+        torch.nn.functional.dropout(x, 0.3, unscaled.training) * (0.7 if unscaled.training else 1))
+    unscaled.load_state_dict(reference.state_dict())
+    with pytest.raises(checks.ExerciseWrong, match="average output differs"):
+        _probes.require_dropout_behaviour("f", unscaled, reference, run)
+    for seed in range(20):                      # a correct module is never rejected
+        torch.manual_seed(seed)
+        good = Net("ok")
+        good.load_state_dict(reference.state_dict())
+        _probes.require_dropout_behaviour("f", good, reference, run)
 
 
 def test_distinct_ints_are_distinct():
@@ -158,3 +166,12 @@ def test_distinct_ints_are_distinct():
 
 def test_reference_padding_mask_passes():
     checks.padding_mask(padding_mask)
+
+
+def test_a_check_leaves_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    checks.padding_mask(padding_mask)
+    checks.masked_softmax(__import__("scratchformer.attention").attention.masked_softmax)
+    torch.testing.assert_close(torch.rand(3), expected)

@@ -42,6 +42,31 @@ def test_additive_score_equals_direct_per_pair_computation(d_q, d_k):
     assert scores.shape == (2, 3, 4)
 
 
+@pytest.mark.parametrize("lead", [(), (2,), (2, 3)])
+def test_additive_score_takes_any_leading_axes(lead):
+    torch.manual_seed(0)
+    module = AdditiveScore(5, 3, d_hidden=4)
+    q, k = torch.randn(*lead, 2, 5), torch.randn(*lead, 6, 3)
+    scores = module(q, k)
+    assert scores.shape == (*lead, 2, 6)
+    flat = module(q.reshape(-1, 2, 5), k.reshape(-1, 6, 3))
+    torch.testing.assert_close(scores.reshape(-1, 2, 6), flat)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_scores_and_pooling_keep_the_dtype(dtype):
+    q, k, v = (torch.randn(2, n, 4, dtype=dtype) for n in (3, 5, 5))
+    assert dot_product_score(q, k).dtype == dtype
+    assert AdditiveScore(4, 4, 3).to(dtype)(q, k).dtype == dtype
+    assert all(t.dtype == dtype for t in attention_pool(dot_product_score(q, k), v))
+
+
+def test_attention_pool_is_stable_for_large_scores():
+    out, weights = attention_pool(1000 + torch.randn(2, 3, 5), torch.randn(2, 5, 4))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3))
+
+
 def test_attention_pool_rows_sum_to_one_and_average_values():
     scores, values = torch.randn(2, 3, 5), torch.randn(2, 5, 4)
     out, weights = attention_pool(scores, values)

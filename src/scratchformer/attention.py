@@ -12,70 +12,84 @@ import torch
 from torch import nn
 
 from .scores import dot_product_score
-from .shapes import require_last_dims_match, require_mask, require_tensor
+from scratchformer.shapes import (
+    require_last_dims_match,
+    require_last_sizes,
+    require_lengths,
+    require_scores,
+)
 
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Boolean mask ``(B, max_len)``, True at the real tokens: ``mask[b, j] = j < lengths[b]``.
+    """Boolean mask (B, max_len) of a padded batch: True at the real tokens.
 
-    Use ``padding_mask(lengths, S)[:, None, :]`` — shape (B, 1, S) — to mask padded keys.
+    lengths: (B,) integers in [0, max_len], the length of each sequence. Row b
+    is True at the first ``lengths[b]`` positions and False at the padding
+    after them. ``padding_mask(lengths, S)[:, None, :]``, of shape (B, 1, S),
+    masks the padded keys.
     """
-    if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1:
-        raise ValueError(f"lengths must be a 1-D tensor of sequence lengths (B,), got {lengths!r}.")
-    if len(lengths) and (lengths.min() < 0 or lengths.max() > max_len):
-        raise ValueError(f"lengths must lie in [0, max_len={max_len}], got {lengths.tolist()}.")
+    require_lengths(lengths, max_len)
     positions = torch.arange(max_len, device=lengths.device)  # (S,)
-    return positions[None, :] < lengths[:, None]                # (1, S) < (B, 1) -> (B, S)
+    return positions[None, :] < lengths[:, None]  # (1, S) < (B, 1) -> (B, S)
 
 # %% ../../notebooks/02_self_attention.ipynb #bf0ae77c
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax over the last axis (the keys) that gives masked keys weight exactly 0.
+def masked_softmax(
+    scores: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax over the last axis (the keys) in which masked keys get weight 0.
 
-    scores: (..., T, S). mask: boolean, broadcastable to (..., T, S), **True = may attend**.
-    A query row whose keys are all masked gets weights of exactly 0 (never NaN), and the
-    gradients stay finite, in float32, float16 and bfloat16. Returns weights (..., T, S) in
-    the dtype of ``scores``.
+    scores: (..., T, S). mask: boolean, broadcastable to (..., T, S), **True =
+    may attend**; None allows every key. Masked keys get weight exactly 0; a
+    row whose keys are all masked gets weights exactly 0 (never NaN), with
+    finite gradients, in float32, float16 and bfloat16. Returns weights
+    (..., T, S) in the dtype of ``scores``.
     """
-    require_tensor("scores", scores, min_dim=1)
-    accumulate = torch.promote_types(scores.dtype, torch.float32)  # softmax in >= float32
+    require_scores(scores, mask)
+    accumulate = torch.promote_types(scores.dtype, torch.float32)  # >= fp32
     if mask is None:
-        return torch.softmax(scores, dim=-1, dtype=accumulate).to(scores.dtype)
-    require_mask(mask, scores.shape)
-    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # finite, unlike -inf
-    weights = torch.softmax(filled, dim=-1, dtype=accumulate).to(scores.dtype)
-    return weights.masked_fill(~mask, 0.0)  # exact zeros, also for rows with nothing to attend
+        return torch.softmax(scores, -1, dtype=accumulate).to(scores.dtype)
+    fill = torch.finfo(scores.dtype).min  # finite, unlike -inf
+    filled = scores.masked_fill(~mask, fill)
+    weights = torch.softmax(filled, -1, dtype=accumulate).to(scores.dtype)
+    return weights.masked_fill(~mask, 0.0)  # exact zeros, empty rows too
 
 # %% ../../notebooks/02_self_attention.ipynb #dadbdd39
 def scaled_dot_product_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d_k)) V`` with an optional boolean mask.
+    """Scaled dot-product attention (Vaswani et al., 2017, §3.2.1), masked.
 
-    q: (..., T, d_k); k: (..., S, d_k); v: (..., S, d_v); leading axes broadcast.
-    mask: boolean, broadcastable to (..., T, S), **True = may attend**. A query with no key to
-    attend to gets weights and output 0.
-    Returns ``(out, weights)``: out (..., T, d_v), weights (..., T, S).
+    q: (..., T, d_k); k: (..., S, d_k); v: (..., S, d_v); leading axes
+    broadcast. mask: boolean, broadcastable to (..., T, S), **True = may
+    attend**. A query with no key to attend to gets weights and output 0.
+    Returns ``(out, weights)`` in the dtype of q: out (..., T, d_v),
+    weights (..., T, S).
     """
     require_last_dims_match(q, k, v)
     scores = dot_product_score(q, k) / math.sqrt(q.size(-1))  # (..., T, S)
-    weights = masked_softmax(scores, mask)                     # (..., T, S), rows sum to 1 or 0
-    return weights @ v, weights                                # (..., T, d_v)
+    weights = masked_softmax(scores, mask)  # rows sum to 1, or 0 if empty
+    return weights @ v, weights  # (..., T, d_v), (..., T, S)
 
 # %% ../../notebooks/02_self_attention.ipynb #cd64e181
 class SelfAttention(nn.Module):
-    """Single-head self-attention: ``softmax((X W_Q)(X W_K)ᵀ / sqrt(d_k)) (X W_V)``.
+    """Single-head self-attention (Vaswani et al., 2017, §3.2): queries, keys
+    and values are three projections of the same sequence x.
 
-    Args:
-        d_model: size D of the input vectors.
-        d_k: size of queries and keys (default ``d_model``).
-        d_v: size of values, and so of the output (default ``d_k``).
-        bias: add a bias to the three projections (default False, as in the equations).
+    d_model: size D of the input vectors; d_k: size of queries and keys
+    (default d_model); d_v: size of values and of the output (default d_k);
+    bias: add a bias to the three projections (default False).
 
-    ``forward(x (B, T, D), mask=None) -> (out (B, T, d_v), weights (B, T, T))``; ``mask`` is
-    boolean, broadcastable to (B, T, T), True = may attend (a padding mask is (B, 1, T)).
+    forward(x (..., T, D), mask=None) -> (out (..., T, d_v), weights
+    (..., T, T)), in the dtype of x. mask: boolean, broadcastable to
+    (..., T, T), True = may attend (a padding mask is (B, 1, T)); a query with
+    no key to attend to gets output 0.
     """
 
-    def __init__(self, d_model: int, d_k: int | None = None, d_v: int | None = None, bias: bool = False):
+    def __init__(self, d_model: int, d_k: int | None = None,
+                 d_v: int | None = None, bias: bool = False):
         super().__init__()
         self.d_model = d_model
         self.d_k = d_k or d_model
@@ -84,10 +98,7 @@ class SelfAttention(nn.Module):
         self.W_k = nn.Linear(d_model, self.d_k, bias=bias)
         self.W_v = nn.Linear(d_model, self.d_v, bias=bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        require_tensor("x", x, min_dim=3)
-        if x.size(-1) != self.d_model:
-            raise ValueError(f"SelfAttention(d_model={self.d_model}) got x of shape {tuple(x.shape)}; "
-                             f"expected (B, T, {self.d_model}).")
-        q, k, v = self.W_q(x), self.W_k(x), self.W_v(x)      # (B, T, d_k), (B, T, d_k), (B, T, d_v)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        require_last_sizes("SelfAttention", x=(x, self.d_model))
+        q, k, v = self.W_q(x), self.W_k(x), self.W_v(x)  # (..., T, d_k|d_k|d_v)
         return scaled_dot_product_attention(q, k, v, mask)

@@ -9,56 +9,63 @@ __all__ = ['dot_product_score', 'AdditiveScore', 'attention_pool']
 import torch
 from torch import nn
 
-from .shapes import require_last_dims_match
+from scratchformer.shapes import (
+    require_last_dims_match,
+    require_last_sizes,
+    require_pool_inputs,
+)
 
 
 def dot_product_score(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Dot-product scores ``A = Q Kᵀ``: entry ``[..., i, j]`` is ``q_i · k_j``.
+    """Dot-product scores of every query against every key.
 
-    q: (..., T, d) queries; k: (..., S, d) keys. Returns scores of shape (..., T, S).
-    Leading (batch, head) axes broadcast.
+    q: (..., T, d) queries; k: (..., S, d) keys; leading (batch, head) axes
+    broadcast. Returns scores (..., T, S) in the dtype of q: entry [..., i, j]
+    scores query i against key j.
     """
     require_last_dims_match(q, k)
     return q @ k.transpose(-2, -1)  # (..., T, d) @ (..., d, S) -> (..., T, S)
 
 # %% ../../notebooks/01_why_attention.ipynb #3d8fdf96
 class AdditiveScore(nn.Module):
-    """Additive (Bahdanau) scores ``a(q, k) = w_vᵀ tanh(W_q q + W_k k)``.
+    """Additive (Bahdanau) scores: a one-hidden-layer network scores each
+    (query, key) pair.
 
     Args:
         d_q: size of a query vector.
         d_k: size of a key vector (may differ from ``d_q``).
         d_hidden: size ``h`` of the hidden layer.
 
-    ``forward(q (..., T, d_q), k (..., S, d_k)) -> scores (..., T, S)``.
+    ``forward(q (..., T, d_q), k (..., S, d_k)) -> scores (..., T, S)``: entry
+    [..., i, j] scores query i against key j; leading axes broadcast; the
+    scores have the dtype of q.
     """
 
     def __init__(self, d_q: int, d_k: int, d_hidden: int):
         super().__init__()
+        self.d_q, self.d_k = d_q, d_k
         self.W_q = nn.Linear(d_q, d_hidden, bias=False)
         self.W_k = nn.Linear(d_k, d_hidden, bias=False)
         self.w_v = nn.Linear(d_hidden, 1, bias=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        if q.dim() < 2 or k.dim() < 2 or q.size(-1) != self.W_q.in_features or k.size(-1) != self.W_k.in_features:
-            raise ValueError(
-                f"AdditiveScore expects q (..., T, {self.W_q.in_features}) and k (..., S, "
-                f"{self.W_k.in_features}); got q {tuple(q.shape)} and k {tuple(k.shape)}."
-            )
-        pairs = self.W_q(q).unsqueeze(-2) + self.W_k(k).unsqueeze(-3)  # (..., T, 1, h) + (..., 1, S, h)
-        return self.w_v(torch.tanh(pairs)).squeeze(-1)                  # (..., T, S, 1) -> (..., T, S)
+        require_last_sizes("AdditiveScore", q=(q, self.d_q), k=(k, self.d_k))
+        # (..., T, 1, h) + (..., 1, S, h) -> (..., T, S, h)
+        pairs = self.W_q(q).unsqueeze(-2) + self.W_k(k).unsqueeze(-3)
+        return self.w_v(torch.tanh(pairs)).squeeze(-1)  # (..., T, S)
 
 # %% ../../notebooks/01_why_attention.ipynb #2369e7a2
-def attention_pool(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax the scores over the keys and average the values with those weights.
+def attention_pool(
+    scores: torch.Tensor, values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention pooling: turn scores into weights and average the values.
 
-    scores: (..., T, S); values: (..., S, d_v).
-    Returns ``(out, weights)`` with out (..., T, d_v) and weights (..., T, S), rows summing to 1.
+    scores: (..., T, S); values: (..., S, d_v); leading axes broadcast.
+    Returns ``(out, weights)`` in the dtype of the scores: weights (..., T, S),
+    row i the softmax of row i of the scores over the keys (non-negative,
+    summing to 1); out (..., T, d_v), row i the average of the values under
+    those weights.
     """
-    if scores.dim() < 2 or values.dim() < 2 or scores.size(-1) != values.size(-2):
-        raise ValueError(
-            f"attention_pool expects scores (..., T, S) and values (..., S, d_v) with the same S; "
-            f"got scores {tuple(scores.shape)} and values {tuple(values.shape)}."
-        )
-    weights = torch.softmax(scores, dim=-1)  # normalise over the keys: (..., T, S)
-    return weights @ values, weights         # (..., T, S) @ (..., S, d_v) -> (..., T, d_v)
+    require_pool_inputs(scores, values)
+    weights = torch.softmax(scores, dim=-1)  # over the keys: (..., T, S)
+    return weights @ values, weights  # (..., T, d_v), (..., T, S)

@@ -11,7 +11,9 @@ checker prints one ``✅`` line. When it is *not attempted* or *wrong*, the wrap
    as one short message (no traceback into the checker), and the cell still counts as failed,
    so ``pytest --nbval-lax`` reports exactly the unsolved exercises.
 
-Outside a notebook (pytest, a script) nothing is rebound: only names in ``__main__`` are.
+Outside a notebook (pytest, a script) nothing is rebound: only names in ``__main__`` are. A
+checker never changes the caller's random state (it runs inside ``torch.random.fork_rng``), so
+the cells after a check print the same numbers whether or not the check ran.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import importlib
 import inspect
 import sys
 from collections.abc import Callable
+
+import torch
 
 from scratchformer.checks._common import ExerciseNotAttempted, ExerciseWrong
 
@@ -41,7 +45,8 @@ def exercise(number: str, reference: str) -> Callable[[Callable], Callable]:
         def run(*learner, **options):
             __tracebackhide__ = True
             try:
-                return checker(*learner, **options)
+                with torch.random.fork_rng(devices=[]):   # the notebook's random state is kept
+                    return checker(*learner, **options)
             except (ExerciseNotAttempted, ExerciseWrong) as outcome:
                 outcome.exercise = number
                 _fall_back(number, reference, learner, outcome)
