@@ -1,5 +1,5 @@
 """Chapter 03: split/merge heads, the two attention paths, MultiHeadAttention and its parity with
-nn.MultiheadAttention, mask conversion, parameter count."""
+nn.MultiheadAttention (through scratchformer.interop), the rotary hook, parameter count."""
 
 import math
 
@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from scratchformer import interop
 from scratchformer.attention import padding_mask
+from scratchformer.interop import to_torch_attn_mask
 from scratchformer.multihead import (
     MultiHeadAttention,
     explicit_attention,
@@ -18,8 +20,8 @@ from scratchformer.multihead import (
     merge_heads,
     mha_parameter_count,
     split_heads,
-    to_torch_attn_mask,
 )
+from scratchformer.positional import RotaryEmbedding
 
 TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1.3e-6), torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
              torch.float16: dict(atol=2e-3, rtol=2e-3)}
@@ -55,12 +57,21 @@ def test_split_heads_gives_each_head_its_slice_and_merge_inverts(B, T, H, Dh):
     assert torch.equal(merge_heads(heads), x)
 
 
+@pytest.mark.parametrize("lead", [(), (3,), (2, 3)])
+def test_split_and_merge_keep_any_leading_axes(lead):
+    x = torch.randn(*lead, 5, 12)
+    heads = split_heads(x, 4)
+    assert heads.shape == (*lead, 4, 5, 3)
+    assert torch.equal(heads[..., 1, :, :], x[..., 3:6])
+    assert torch.equal(merge_heads(heads), x)
+
+
 def test_split_heads_layout_matches_nn_multihead_attention():
     """nn.MultiheadAttention gives head h the rows h*Dh ... (h+1)*Dh - 1 of each projection:
     a per-head mask applied through both modules only agrees if the layouts agree."""
     torch.manual_seed(0)
     reference = nn.MultiheadAttention(8, 4, batch_first=True, bias=False).eval()
-    ours = MultiHeadAttention.from_torch(reference)
+    ours = interop.multihead_from_torch(reference)
     x = torch.randn(1, 3, 8)
     keep = torch.ones(1, 4, 3, 3, dtype=torch.bool)
     keep[0, 2, :, 1:] = False                      # only head 2 is restricted, to key 0
@@ -87,7 +98,7 @@ def test_matches_nn_multihead_attention(B, T, S, H, Dh, bias, cross, mask_kind, 
     if not cross:
         S = T
     reference = with_random_biases(nn.MultiheadAttention(D, H, bias=bias, batch_first=True)).to(dtype).eval()
-    ours = MultiHeadAttention.from_torch(reference)
+    ours = interop.multihead_from_torch(reference)
     query = torch.randn(B, T, D, generator=g).to(dtype)
     memory = torch.randn(B, S, D, generator=g).to(dtype) if cross else query
     if mask_kind == "causal" and T > S:
@@ -126,7 +137,7 @@ def test_cross_attention_with_different_lengths_matches_torch(dtype, masks):
     torch.manual_seed(0)
     B, T, S, D, H = 3, 4, 9, 24, 3
     reference = with_random_biases(nn.MultiheadAttention(D, H, batch_first=True)).to(dtype).eval()
-    ours = MultiHeadAttention.from_torch(reference)
+    ours = interop.multihead_from_torch(reference)
     query, memory = torch.randn(B, T, D, dtype=dtype), torch.randn(B, S, D, dtype=dtype)
     key_keep = padding_mask(torch.tensor([9, 5, 1]), S)[:, None, None, :]     # (B, 1, 1, S)
     band = (torch.arange(S)[None, :] - torch.arange(T)[:, None]).abs() <= 4   # (T, S), every row non-empty
@@ -152,7 +163,7 @@ def test_cross_attention_with_different_lengths_matches_torch(dtype, masks):
 def test_key_and_value_from_different_tensors_match_torch():
     torch.manual_seed(0)
     reference = with_random_biases(nn.MultiheadAttention(12, 3, batch_first=True)).eval()
-    ours = MultiHeadAttention.from_torch(reference)
+    ours = interop.multihead_from_torch(reference)
     q, k, v = torch.randn(2, 3, 12), torch.randn(2, 5, 12), torch.randn(2, 5, 12)
     with torch.no_grad():
         torch.testing.assert_close(ours(q, k, v)[0], reference(q, k, v)[0])
@@ -163,7 +174,7 @@ def test_key_and_value_from_different_tensors_match_torch():
 def test_gradients_match_torch():
     torch.manual_seed(0)
     reference = with_random_biases(nn.MultiheadAttention(16, 4, batch_first=True))
-    ours = MultiHeadAttention.from_torch(reference)
+    ours = interop.multihead_from_torch(reference)
     x = torch.randn(2, 5, 16)
     keep = padding_mask(torch.tensor([5, 3]), 5)
     reference.eval(), ours.eval()
@@ -175,13 +186,13 @@ def test_gradients_match_torch():
     torch.testing.assert_close(ours.out_proj.weight.grad, reference.out_proj.weight.grad)
 
 
-# ---- from_torch and to_torch_attn_mask -----------------------------------------------------------
+# ---- interop.multihead_from_torch and interop.to_torch_attn_mask ----------------------------------
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_from_torch_copies_every_weight_exactly(bias, batch_first):
+def test_multihead_from_torch_copies_every_weight_exactly(bias, batch_first):
     reference = with_random_biases(nn.MultiheadAttention(8, 2, bias=bias, dropout=0.25, batch_first=batch_first))
-    ours = MultiHeadAttention.from_torch(reference)
+    ours = interop.multihead_from_torch(reference)
     assert torch.equal(ours.in_proj.weight, reference.in_proj_weight)
     assert torch.equal(ours.out_proj.weight, reference.out_proj.weight)
     if bias:
@@ -191,8 +202,8 @@ def test_from_torch_copies_every_weight_exactly(bias, batch_first):
         assert ours.in_proj.bias is None and ours.out_proj.bias is None
     assert ours.dropout == 0.25 and ours.training
     assert ours.in_proj.weight.data_ptr() != reference.in_proj_weight.data_ptr()   # a copy, not shared
-    assert MultiHeadAttention.from_torch(reference.eval().double()).in_proj.weight.dtype == torch.float64
-    assert not MultiHeadAttention.from_torch(reference).training
+    assert interop.multihead_from_torch(reference.eval().double()).in_proj.weight.dtype == torch.float64
+    assert not interop.multihead_from_torch(reference).training
 
 
 def test_to_torch_attn_mask_inverts_once_and_lays_heads_out_batch_major():
@@ -257,7 +268,7 @@ def test_fused_path_guards_rows_even_if_sdpa_returned_nan(monkeypatch):
 def test_module_output_for_an_empty_sequence_is_the_output_bias(fused):
     torch.manual_seed(0)
     reference = with_random_biases(nn.MultiheadAttention(8, 2, batch_first=True)).eval()
-    ours = MultiHeadAttention.from_torch(reference, fused=fused)
+    ours = interop.multihead_from_torch(reference, fused=fused)
     x = torch.randn(2, 3, 8, requires_grad=True)
     keep = padding_mask(torch.tensor([3, 0]), 3)[:, None, :]
     out, _ = ours(x, x, x, mask=keep)
@@ -384,12 +395,12 @@ Q, KV = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
     (lambda: MHA(Q, KV, KV, mask=torch.ones(5, dtype=torch.bool)), ["(5,)", "(T, S)"]),
     (lambda: MHA(Q, KV, KV, mask=torch.ones(3, 5)), ["torch.float32", "torch.bool"]),
     (lambda: split_heads(torch.randn(2, 3, 10), 3), ["n_heads=3", "D = 10"]),
-    (lambda: merge_heads(torch.randn(2, 3, 10)), ["(2, 3, 10)", "(B, H, T, Dh)"]),
+    (lambda: merge_heads(torch.randn(3, 10)), ["(3, 10)", "(..., H, T, Dh)"]),
     (lambda: to_torch_attn_mask(torch.ones(2, 4, dtype=torch.bool), 2, 2, 3, 4), ["(2, 4)", "T=3"]),
     (lambda: mha_parameter_count(10, 4), ["d_model=10", "n_heads=4"]),
-    (lambda: MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, kdim=4, vdim=4)), ["kdim=4"]),
-    (lambda: MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True)), ["add_bias_kv"]),
-    (lambda: MultiHeadAttention.from_torch(nn.Linear(8, 8)), ["Linear"]),
+    (lambda: interop.multihead_from_torch(nn.MultiheadAttention(8, 2, kdim=4, vdim=4)), ["kdim=4"]),
+    (lambda: interop.multihead_from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True)), ["add_bias_kv"]),
+    (lambda: interop.multihead_from_torch(nn.Linear(8, 8)), ["Linear"]),
 ])
 def test_bad_input_raises_value_error_naming_the_problem(call, needles):
     with pytest.raises(ValueError) as error:
@@ -406,3 +417,72 @@ def test_every_documented_mask_shape_is_accepted(shape):
         out, weights = MHA.eval()(Q, KV, KV, mask=keep, need_weights=True)
     torch.testing.assert_close(out, MHA(Q, KV, KV)[0])
     assert weights.shape == (2, 2, 3, 5)
+
+
+# ---- the rotary hook ------------------------------------------------------------------------------
+
+def manual_rotary_attention(mha, x, rotary, mask=None):
+    """Project, split, rotate q and k with ``rotary`` by hand, attend, merge, project."""
+    q, k, v = (split_heads(t, mha.n_heads) for t in mha.in_proj(x).chunk(3, dim=-1))
+    q, k = rotary.rotate(q), rotary.rotate(k)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(mha.head_dim)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return mha.out_proj(merge_heads(weights @ v)), weights
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_rotary_hook_equals_manual_rotation_on_both_paths(fused):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(24, 3, fused=fused).eval()
+    with torch.no_grad():
+        mha.in_proj.bias.normal_()
+    assert mha.rotary is None
+    mha.rotary = RotaryEmbedding(mha.head_dim)
+    x = torch.randn(2, 7, 24)
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    with torch.no_grad():
+        expected, expected_weights = manual_rotary_attention(mha, x, mha.rotary, causal)
+        out, _ = mha(x, x, x, mask=causal)                         # the path ``fused`` chooses
+        explicit, weights = mha(x, x, x, mask=causal, need_weights=True)
+        plain = MultiHeadAttention(24, 3).eval()
+        plain.load_state_dict(mha.state_dict())                     # same weights, no rotary
+        assert not torch.allclose(plain(x, x, x, mask=causal)[0], expected, atol=1e-3)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(explicit, expected)
+    torch.testing.assert_close(weights, expected_weights)
+    mha.rotary = None                                               # and it can be removed again
+    torch.testing.assert_close(mha(x, x, x, mask=causal)[0], plain(x, x, x, mask=causal)[0])
+
+
+def test_rotary_scores_depend_on_the_offset_only():
+    """With the same content at every position, a rotary head's score between query t and key s
+    depends only on t - s: log-weights relative to the diagonal agree along every diagonal."""
+    torch.manual_seed(0)
+    T = 9
+    mha = MultiHeadAttention(16, 2).eval()
+    mha.rotary = RotaryEmbedding(mha.head_dim)
+    x = torch.randn(1, 1, 16).expand(1, T, 16)          # one token vector, repeated
+    with torch.no_grad():
+        _, weights = mha(x, x, x, need_weights=True)    # (1, H, T, T)
+    relative = weights.log() - weights.log().diagonal(dim1=-2, dim2=-1)[..., :, None]
+    for offset in range(-(T - 1), T):                   # score(t, t - offset) - score(t, t)
+        along = relative.diagonal(offset=-offset, dim1=-2, dim2=-1)     # (1, H, T - |offset|)
+        torch.testing.assert_close(along, along[..., :1].expand_as(along), atol=1e-4, rtol=0)
+    without = MultiHeadAttention(16, 2).eval()
+    without.load_state_dict(mha.state_dict())
+    with torch.no_grad():
+        _, plain = without(x, x, x, need_weights=True)
+    torch.testing.assert_close(plain, torch.full_like(plain, 1 / T))   # no positions: uniform
+
+
+def test_rotary_hook_works_with_gradients_and_in_a_state_dict():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2)
+    mha.rotary = RotaryEmbedding(4)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    mha(x, x, x)[0].sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert set(mha.state_dict()) == {"in_proj.weight", "in_proj.bias", "out_proj.weight",
+                                     "out_proj.bias"}
