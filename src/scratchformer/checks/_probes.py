@@ -122,13 +122,16 @@ def distinct_ints(g: torch.Generator, n: int, low: int, high: int) -> list[int]:
 
 def require_dropout_behaviour(name: str, learner: torch.nn.Module, reference: torch.nn.Module,
                               run: Callable[[torch.nn.Module], torch.Tensor], samples: int = 200,
-                              max_z: float | None = 1.5) -> None:
+                              max_z: float | None = 1.5,
+                              where: str = "to each sub-layer's output, before the residual "
+                                           "addition") -> None:
     """``learner`` and ``reference`` hold the same weights and dropout p > 0; ``run(module)`` is one
     forward pass. In eval mode the learner must be deterministic and equal to the reference; in
     train mode it must be stochastic, with the reference's mean output: over ``samples`` passes
     each, the mean absolute z-score of the difference of the two means (each element's
     difference divided by its standard error) must stay below ``max_z`` (about 0.8 when both
-    compute the same thing; ``None`` skips this test)."""
+    compute the same thing; ``None`` skips this test). ``where`` says where the dropout belongs,
+    for the hint."""
     __tracebackhide__ = True
     learner.eval()
     reference.eval()
@@ -168,7 +171,7 @@ def require_dropout_behaviour(name: str, learner: torch.nn.Module, reference: to
         raise ExerciseWrong(
             f"{name}: in train mode the average output differs from the reference's (mean "
             f"|z| = {z.item():.1f} over {samples} passes; about 0.8 is expected). Likely bug: "
-            "dropout in the wrong place (the paper applies it to each sub-layer's output, before "
-            "the residual addition), or dropout that does not rescale the kept values by 1/(1-p). "
+            f"dropout in the wrong place (it belongs {where}), or dropout that does not rescale "
+            "the kept values by 1/(1-p). "
             "Use the nn.Dropout modules of __init__."
         )

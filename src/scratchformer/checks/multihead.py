@@ -642,7 +642,8 @@ def _dropout_probes(name, g, cls, B, T, S, H, Dh) -> None:
     for fused in (False, True):
         module.fused = reference.fused = fused
         require_dropout_behaviour(f"{name} ({_PATHS[fused][3:]})", module, reference,
-                                  lambda m: _call(name, m, query, key, key, mask=mask)[0])
+                                  lambda m: _call(name, m, query, key, key, mask=mask)[0],
+                                  where="on the attention weights, after the softmax")
 
 
 @exercise("3.2", reference="scratchformer.multihead")
