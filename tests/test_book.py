@@ -78,7 +78,7 @@ def dump_dom(url: str) -> str:
     with tempfile.TemporaryDirectory() as profile:
         result = subprocess.run(
             [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
-             "--dump-dom", url],
+             "--window-size=1280,1400", "--dump-dom", url],
             capture_output=True, text=True, timeout=120,
         )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -127,7 +127,7 @@ def test_figures_are_there(chapter_02):
 
 def test_executed_outputs_are_shown(chapter_02):
     _, dom = chapter_02
-    assert "passed" in dom and "matches F.scaled_dot_product_attention" in dom
+    assert "passed" in dom and "sequences 0-1 match; empty sequence: ours all 0" in dom
 
 
 def test_colab_link_points_at_the_committed_notebook(chapter_02):
@@ -149,6 +149,37 @@ def test_search_finds_softmax(html, browser):
     assert summary and int(summary.group(1)) >= 1, "search found nothing"
     results = re.search(r'<ul class="search">(.*?)</ul>', dom, re.S)
     assert results and "02_self_attention" in results.group(1)
+
+
+# Reports, for the code of every cell, whether it scrolls sideways (wider than its column).
+OVERFLOW_PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const pre = [...document.querySelectorAll("div.cell_input div.highlight pre")];
+  const wide = pre.filter(p => p.scrollWidth > p.clientWidth + 1)
+                  .map(p => p.textContent.split("\\n")[0].slice(0, 60));
+  const out = document.createElement("div");
+  out.id = "overflow-report";
+  out.textContent = JSON.stringify({cells: pre.length, wide: wide});
+  document.body.appendChild(out);
+}, 500));</script>"""
+
+
+@pytest.mark.parametrize("name", [p.stem for p in nbtools.chapter_paths()])
+def test_no_code_cell_scrolls_sideways_at_1280_px(html, browser, name, tmp_path):
+    """Every code line fits the code column at 1280 px (book/_static/code.css sets the font)."""
+    import json
+
+    page = html / "notebooks" / f"{name}.html"
+    probe = page.with_name(f"_probe_{name}.html")
+    probe.write_text(page.read_text().replace("</body>", OVERFLOW_PROBE + "</body>"))
+    try:
+        dom = dump_dom(probe.as_uri())
+    finally:
+        probe.unlink()
+    report = re.search(r'id="overflow-report">([^<]*)<', dom)
+    assert report, "the probe did not run"
+    result = json.loads(report.group(1).replace("&quot;", '"').replace("&gt;", ">")
+                        .replace("&lt;", "<").replace("&amp;", "&"))
+    assert result["cells"] >= 5 and result["wide"] == [], result
 
 
 def test_screenshot_of_chapter_02(chapter_02):

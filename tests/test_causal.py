@@ -9,8 +9,14 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right, causal_upper_left
 
-from scratchformer.causal import DecoderOnlyBlock, TinyLM, causal_mask, causal_padding_mask
-from scratchformer.encoder import EncoderLayer
+from scratchformer import interop
+from scratchformer.causal import (
+    DecoderOnlyBlock,
+    TinyLM,
+    causal_mask,
+    causal_padding_mask,
+    generate,
+)
 from scratchformer.multihead import MultiHeadAttention
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -119,7 +125,7 @@ def test_causal_padding_mask_more_queries_than_keys_is_an_error():
 def _reference_pair(norm_first, D=16, H=4, D_ff=32, dropout=0.0):
     reference = nn.TransformerEncoderLayer(D, H, D_ff, dropout=dropout, batch_first=True, norm_first=norm_first)
     block = DecoderOnlyBlock(D, H, D_ff, dropout=dropout, norm_first=norm_first)
-    block.load_state_dict(EncoderLayer.from_torch(reference).state_dict())
+    block.load_state_dict(interop.encoder_layer_from_torch(reference).state_dict())
     return reference.eval(), block.eval()
 
 
@@ -239,7 +245,7 @@ def test_fused_and_explicit_attention_paths_agree_in_the_block():
 
 
 def test_padding_is_invisible_to_the_real_tokens():
-    """Right or left padding leaves the real tokens' outputs as they are without padding (PITFALLS 1.4)."""
+    """Right or left padding leaves the real tokens' outputs as they are without padding."""
     torch.manual_seed(0)
     block = DecoderOnlyBlock(16, 4, 32).eval()
     real = torch.randn(1, 4, 16)
@@ -323,3 +329,20 @@ def test_tinylm_errors(make, text):
     lm = TinyLM(11, 16, 2, 32, n_layers=1, max_len=8)
     with pytest.raises(ValueError, match=text):
         make(lm)
+
+
+def test_generate_function_is_the_method_and_works_for_any_model_with_a_context_window():
+    torch.manual_seed(0)
+    lm = TinyLM(7, 16, 2, 32, n_layers=1, max_len=6).eval()
+    prompt = torch.randint(0, 7, (2, 3))
+    assert torch.equal(generate(lm, prompt, 4), lm.generate(prompt, 4))
+
+    class Counter(nn.Module):
+        """Predicts the last token + 1 (mod 5); it sees at most max_len tokens."""
+        max_len = 2
+
+        def forward(self, tokens):
+            assert tokens.size(1) <= self.max_len
+            return nn.functional.one_hot((tokens + 1) % 5, 5).float()
+
+    assert generate(Counter(), torch.tensor([[0]]), 6).tolist() == [[0, 1, 2, 3, 4, 0, 1]]

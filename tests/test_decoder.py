@@ -3,15 +3,15 @@ padding invariance, causality, empty rows without NaN, clear errors."""
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from scratchformer import interop
 from scratchformer.attention import padding_mask
 from scratchformer.causal import causal_mask, causal_padding_mask
 from scratchformer.decoder import Decoder, DecoderLayer
 from scratchformer.encoder import LayerNorm
-from scratchformer.multihead import to_torch_attn_mask
 
 TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=5e-2, rtol=5e-2)}
 
@@ -53,10 +53,13 @@ def masks(kind_tgt, kind_memory, B, H, T, S, g):
     elif kind_memory == "per_query":            # (B, T, S), at least one key per query
         ours_memory = torch.rand(B, T, S, generator=g) < 0.6
         ours_memory[..., torch.randint(0, S, (1,), generator=g)] = True
-        theirs["memory_mask"] = to_torch_attn_mask(ours_memory, B, H, T, S)
+        theirs["memory_mask"] = interop.to_torch_attn_mask(ours_memory, B, H, T, S)
     return ours_tgt, ours_memory, theirs
 
 
+# D = H * Dh >= 4: with 2 features, a vector whose two entries nearly agree has a variance far
+# below LayerNorm's eps, and the normalisation amplifies float32 rounding (differences of 1e-4
+# between two correct implementations), which says nothing about the decoder.
 SHAPES = dict(B=st.integers(1, 3), T=st.integers(1, 6), S=st.integers(1, 7), H=st.sampled_from([1, 2, 4]),
               Dh=st.integers(1, 4), norm_first=st.booleans(), seed=st.integers(0, 2**16),
               kind_tgt=st.sampled_from(["none", "causal", "causal+padding"]),
@@ -71,9 +74,10 @@ def test_decoder_layer_matches_torch(B, T, S, H, Dh, d_ff, norm_first, activatio
                                      grad, seed):
     """Eval mode, weights copied, masks converted once; every position compared."""
     D = H * Dh
+    assume(D >= 4)
     g = torch.Generator().manual_seed(seed)
     reference = randomise(torch_layer(D, H, d_ff, norm_first, activation), seed)
-    ours = DecoderLayer.from_torch(reference)
+    ours = interop.decoder_layer_from_torch(reference)
     assert not ours.training and ours.norm_first == norm_first
     x, memory = torch.randn(B, T, D, generator=g), torch.randn(B, S, D, generator=g)
     tgt_mask, memory_mask, torch_masks = masks(kind_tgt, kind_memory, B, H, T, S, g)
@@ -89,9 +93,10 @@ def test_decoder_matches_torch_transformer_decoder(B, T, S, H, Dh, n_layers, nor
                                                    seed):
     """A stack, with nn.TransformerDecoder(norm=nn.LayerNorm) for pre-LN and norm=None for post-LN."""
     D = H * Dh
+    assume(D >= 4)
     g = torch.Generator().manual_seed(seed)
     reference = randomise(torch_stack(D, H, 2 * D, n_layers, norm_first), seed)
-    ours = Decoder.from_torch(reference)
+    ours = interop.decoder_from_torch(reference)
     assert len(ours.layers) == n_layers and (ours.norm is None) == (not norm_first)
     x, memory = torch.randn(B, T, D, generator=g), torch.randn(B, S, D, generator=g)
     tgt_mask, memory_mask, torch_masks = masks(kind_tgt, kind_memory, B, H, T, S, g)
@@ -104,7 +109,7 @@ def test_decoder_matches_torch_transformer_decoder(B, T, S, H, Dh, n_layers, nor
 def test_parity_in_bfloat16_and_from_torch_keeps_dtype_and_mode(norm_first):
     g = torch.Generator().manual_seed(0)
     reference = randomise(torch_stack(16, 2, 32, 2, norm_first), 0).to(torch.bfloat16)
-    ours = Decoder.from_torch(reference)
+    ours = interop.decoder_from_torch(reference)
     assert all(p.dtype == torch.bfloat16 for p in ours.parameters()) and not ours.training
     x, memory = torch.randn(2, 5, 16, generator=g).bfloat16(), torch.randn(2, 6, 16, generator=g).bfloat16()
     src_keep = padding_mask(torch.tensor([6, 3]), 6)
@@ -113,13 +118,13 @@ def test_parity_in_bfloat16_and_from_torch_keeps_dtype_and_mode(norm_first):
         expected = reference(x, memory, tgt_mask=~causal_mask(5), memory_key_padding_mask=~src_keep)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, expected, **TOLERANCE[torch.bfloat16])
-    assert Decoder.from_torch(reference.train()).training
+    assert interop.decoder_from_torch(reference.train()).training
 
 
 def test_gradients_match_torch():
     torch.manual_seed(0)
     reference = randomise(torch_layer(16, 4, 32, norm_first=False), 1)
-    ours = DecoderLayer.from_torch(reference)
+    ours = interop.decoder_layer_from_torch(reference)
     x, memory = torch.randn(2, 4, 16), torch.randn(2, 6, 16)
     src_keep = padding_mask(torch.tensor([6, 2]), 6)
     upstream = torch.randn(2, 4, 16)
@@ -138,7 +143,7 @@ def test_gradients_match_torch():
 def test_from_torch_copies_every_weight_exactly(activation):
     reference = randomise(torch_layer(8, 2, 16, norm_first=True, activation=activation, dropout=0.25), 3).train()
     reference.norm2.eps = 1e-6
-    ours = DecoderLayer.from_torch(reference)
+    ours = interop.decoder_layer_from_torch(reference)
     pairs = [(ours.self_attn.in_proj.weight, reference.self_attn.in_proj_weight),
              (ours.self_attn.out_proj.bias, reference.self_attn.out_proj.bias),
              (ours.cross_attn.in_proj.weight, reference.multihead_attn.in_proj_weight),
@@ -156,17 +161,17 @@ def test_from_torch_copies_every_weight_exactly(activation):
 
 def test_from_torch_refuses_what_it_cannot_copy():
     with pytest.raises(ValueError, match="nn.TransformerDecoderLayer"):
-        DecoderLayer.from_torch(nn.TransformerEncoderLayer(8, 2, 16))
+        interop.decoder_layer_from_torch(nn.TransformerEncoderLayer(8, 2, 16))
     with pytest.raises(ValueError, match="bias=False"):
-        DecoderLayer.from_torch(nn.TransformerDecoderLayer(8, 2, 16, bias=False))
+        interop.decoder_layer_from_torch(nn.TransformerDecoderLayer(8, 2, 16, bias=False))
     with pytest.raises(ValueError, match="activations relu and"):
-        DecoderLayer.from_torch(nn.TransformerDecoderLayer(8, 2, 16, activation=nn.GELU(approximate="tanh")))
+        interop.decoder_layer_from_torch(nn.TransformerDecoderLayer(8, 2, 16, activation=nn.GELU(approximate="tanh")))
     with pytest.raises(ValueError, match="nn.TransformerDecoder"):
-        Decoder.from_torch(torch_layer(8, 2, 16, norm_first=False))
+        interop.decoder_from_torch(torch_layer(8, 2, 16, norm_first=False))
     with pytest.raises(ValueError, match="needs a final LayerNorm"):
-        Decoder.from_torch(nn.TransformerDecoder(torch_layer(8, 2, 16, norm_first=True), 2))
+        interop.decoder_from_torch(nn.TransformerDecoder(torch_layer(8, 2, 16, norm_first=True), 2))
     with pytest.raises(ValueError, match="no final norm"):
-        Decoder.from_torch(nn.TransformerDecoder(torch_layer(8, 2, 16, norm_first=False), 2, norm=nn.LayerNorm(8)))
+        interop.decoder_from_torch(nn.TransformerDecoder(torch_layer(8, 2, 16, norm_first=False), 2, norm=nn.LayerNorm(8)))
 
 
 # ---- the layer is its equations ----------------------------------------------------------------
@@ -244,7 +249,7 @@ def test_cross_attention_reads_the_memory():
        extra_src=st.integers(0, 3), norm_first=st.booleans(), seed=st.integers(0, 2**16), data=st.data())
 def test_padding_never_changes_real_positions(B, T, S, extra_tgt, extra_src, norm_first, seed, data):
     """Pad tokens added to the target (masked by tgt_mask) and/or the source (masked by memory_mask),
-    filled with garbage, leave every real target position's output unchanged (PITFALLS 1.4)."""
+    filled with garbage, leave every real target position's output unchanged."""
     g = torch.Generator().manual_seed(seed)
     decoder = randomise(Decoder(8, 2, 16, 2, norm_first=norm_first), seed)
     tgt_lengths = torch.tensor(data.draw(st.lists(st.integers(1, T), min_size=B, max_size=B)))

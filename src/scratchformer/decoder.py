@@ -6,186 +6,93 @@
 __all__ = ['DecoderLayer', 'Decoder']
 
 # %% ../../notebooks/08_cross_attention.ipynb #f560a056
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .encoder import FeedForward, LayerNorm, _require_layer_config, _require_positive_int, _stack_from_torch, residual
-from .multihead import MultiHeadAttention, _check_mask
-from .shapes import fmt, require_tensor
-
-
-def _activation_name(activation) -> str:
-    """"relu" or "gelu" for the activation of an nn.TransformerDecoderLayer; ValueError otherwise."""
-    if activation is F.relu or isinstance(activation, nn.ReLU):
-        return "relu"
-    if activation is F.gelu or (isinstance(activation, nn.GELU) and activation.approximate == "none"):
-        return "gelu"
-    raise ValueError(f"from_torch: only the activations relu and (exact) gelu are supported, got {activation!r}.")
-
-
-def _check_decoder_inputs(this: str, x, memory, tgt_mask, memory_mask, d_model: int, n_heads: int) -> None:
-    """Raise ValueError, naming the shapes, unless x is (B, T, D), memory (B, S, D) and the masks fit:
-    tgt_mask (T, T), (B, T, T) or (B, H, T, T); memory_mask (B, 1, S), (B, T, S), (T, S) or (B, H, T, S)."""
-    require_tensor("x", x, min_dim=3)
-    if x.dim() != 3 or x.size(-1) != d_model:
-        raise ValueError(f"{this} got x of shape {fmt(x)}; expected the target's vectors (B, T, {d_model}).")
-    require_tensor("memory", memory, min_dim=3)
-    if memory.dim() != 3:
-        raise ValueError(f"{this} got memory of shape {fmt(memory)}; expected the encoder's output "
-                         f"(B, S, {d_model}).")
-    if memory.size(-1) != d_model:
-        raise ValueError(
-            f"{this} got memory of shape {fmt(memory)}, with {memory.size(-1)} features per position, but "
-            f"the decoder's d_model is {d_model}: the encoder and the decoder must use the same d_model "
-            f"(memory (B, S, {d_model}))."
-        )
-    if memory.size(0) != x.size(0):
-        raise ValueError(
-            f"{this}: x has shape {fmt(x)} and memory {fmt(memory)}, batch sizes {x.size(0)} and "
-            f"{memory.size(0)}. Target sequence b attends to memory[b], the encoded source sequence b: "
-            "pass the memory of the same batch."
-        )
-    if memory.dtype != x.dtype:
-        raise ValueError(f"{this}: x is {x.dtype} but memory is {memory.dtype}; convert one of them.")
-    B, T, S = x.size(0), x.size(1), memory.size(1)
-    for name, mask, keys, role in (("tgt_mask", tgt_mask, T, f"self-attention: T={T} queries x T={T} keys"),
-                                   ("memory_mask", memory_mask, S, f"cross-attention: T={T} queries x S={S} keys")):
-        if mask is None:
-            continue
-        try:
-            _check_mask(mask, B, n_heads, T, keys)
-        except ValueError as error:
-            hint = ""
-            if isinstance(mask, torch.Tensor) and mask.dim() >= 2 and T != S:
-                if name == "tgt_mask" and mask.size(-1) == S:
-                    hint = (f" Its last axis has the source length S={S}: it looks like the source padding "
-                            "mask, which belongs to memory_mask.")
-                if name == "memory_mask" and mask.size(-1) == T:
-                    hint = (f" Its last axis has the target length T={T}: it looks like a causal or target mask, "
-                            "which belongs to tgt_mask. The cross-attention needs no causal mask; its keys "
-                            "are the S memory positions: memory_mask is typically (B, 1, S).")
-            raise ValueError(f"{this}: {name} ({role}): {error}{hint}") from None
+from . import shapes
+from .encoder import FeedForward, LayerNorm, residual
+from .multihead import MultiHeadAttention
 
 # %% ../../notebooks/08_cross_attention.ipynb #a3afd79d
 class DecoderLayer(nn.Module):
-    """One decoder layer: masked self-attention, cross-attention to the encoder's memory, and a
-    feed-forward network, each wrapped by chapter 06's ``residual`` (residual add, LayerNorm,
-    dropout on the sublayer output).
+    """One decoder layer: masked self-attention over the target, cross-
+    attention to the encoder's output (the memory), and a feed-forward
+    network, each inside chapter 06's sublayer connection.
 
-    Args:
-        d_model: size D of the token vectors; divisible by ``n_heads``.
-        n_heads: attention heads H (in each of the two attentions).
-        d_ff: hidden width of the feed-forward network.
-        dropout: on the attention weights, after the feed-forward activation, and on each
-            sublayer's output before the residual add (as ``nn.TransformerDecoderLayer``).
-        norm_first: False (default) = post-LN, ``norm(x + sublayer(x))``, as the paper and
-            ``nn.TransformerDecoderLayer``; True = pre-LN, ``x + sublayer(norm(x))``.
+    Args: d_model (D, divisible by n_heads), n_heads (H, in each attention),
+    d_ff, dropout (used as nn.TransformerDecoderLayer uses it), norm_first
+    (False: post-LN, the paper's; True: pre-LN).
 
-    ``forward(x (B, T, D), memory (B, S, D), tgt_mask=None, memory_mask=None) -> (B, T, D)``.
-    Queries of the cross-attention come from the decoder (``x``), keys and values from
-    ``memory``. Masks are boolean, **True = may attend**: ``tgt_mask`` for the self-attention,
-    typically ``causal_mask(T)`` (T, T) or ``causal_padding_mask(tgt_keep)`` (B, T, T);
-    ``memory_mask`` for the cross-attention, typically the source key-padding mask (B, 1, S).
-    A position with nothing to attend to (an empty source, a padded target row) gets a finite
-    output, never NaN. Copy ``nn.TransformerDecoderLayer`` weights with :meth:`from_torch`.
+    ``forward(x (B, T, D), memory (B, S, D), tgt_mask=None, memory_mask=None)
+    -> (B, T, D)``, one vector per target position. Masks are boolean, True
+    = may attend, in the shapes MultiHeadAttention accepts: ``tgt_mask`` for
+    the self-attention (T x T keys), ``memory_mask`` for the cross-attention
+    (T x S keys). The inputs are not modified; a position with nothing to
+    attend to gets a finite output.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, norm_first: bool = False):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int,
+                 dropout: float = 0.0, norm_first: bool = False):
         super().__init__()
-        _require_layer_config(d_model, n_heads, d_ff, dropout)
-        self.d_model, self.n_heads, self.norm_first = d_model, n_heads, bool(norm_first)
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout)     # target -> target
-        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout)    # target -> memory
+        shapes.require_layer_config(d_model, n_heads, d_ff, dropout)
+        self.d_model, self.n_heads = d_model, n_heads
+        self.norm_first = bool(norm_first)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout)
         self.feed_forward = FeedForward(d_model, d_ff, dropout=dropout)
-        self.norm1, self.norm2, self.norm3 = LayerNorm(d_model), LayerNorm(d_model), LayerNorm(d_model)
-        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.norm1, self.norm2, self.norm3 = (
+            LayerNorm(d_model) for _ in range(3))
+        self.dropout1, self.dropout2, self.dropout3 = (
+            nn.Dropout(dropout) for _ in range(3))
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, tgt_mask: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_decoder_inputs(f"DecoderLayer(d_model={self.d_model})", x, memory, tgt_mask, memory_mask,
-                              self.d_model, self.n_heads)
-        self_attend = lambda h: self.self_attn(h, h, h, mask=tgt_mask)[0]                     # noqa: E731
-        cross_attend = lambda h: self.cross_attn(h, memory, memory, mask=memory_mask)[0]      # noqa: E731
-        x = residual(x, self_attend, self.norm1, self.norm_first, self.dropout1)     # (B, T, D): the target so far
-        x = residual(x, cross_attend, self.norm2, self.norm_first, self.dropout2)    # (B, T, D): + what the source says
-        x = residual(x, self.feed_forward, self.norm3, self.norm_first, self.dropout3)
-        return x
+    def forward(self, x, memory, tgt_mask=None, memory_mask=None):
+        shapes.require_decoder_inputs(self, x, memory, tgt_mask, memory_mask)
+        def self_attention(h):                          # SelfAttn(h; m_tgt)
+            return self.self_attn(h, h, h, mask=tgt_mask)[0]
 
-    @classmethod
-    def from_torch(cls, layer: nn.TransformerDecoderLayer) -> "DecoderLayer":
-        """A ``DecoderLayer`` holding a copy of the weights of ``layer`` (same dtype, device, mode).
+        def cross_attention(h):                        # CrossAttn(h, M; m_mem)
+            return self.cross_attn(h, memory, memory, mask=memory_mask)[0]
 
-        Same ``norm_first``, dropout, LayerNorm eps and activation ("relu" or exact "gelu").
-        Refuses what this module does not have: ``bias=False`` and other activations. ``layer``
-        may be batch-first or not (the weights are the same); this module is always batch-first.
-        PyTorch reads boolean masks the other way round (True = may NOT attend): pass it
-        ``tgt_mask=~causal``, ``tgt_key_padding_mask=~tgt_keep``, ``memory_key_padding_mask=~src_keep``.
-        """
-        if not isinstance(layer, nn.TransformerDecoderLayer):
-            raise ValueError(f"from_torch expects an nn.TransformerDecoderLayer, got {type(layer).__name__}.")
-        if layer.linear1.bias is None or layer.norm1.bias is None:
-            raise ValueError("from_torch: nn.TransformerDecoderLayer(bias=False) is not supported.")
-        activation = _activation_name(layer.activation)
-        self_attn = MultiHeadAttention.from_torch(layer.self_attn)
-        cross_attn = MultiHeadAttention.from_torch(layer.multihead_attn)
-        new = cls(self_attn.d_model, self_attn.n_heads, layer.linear1.out_features,
-                  dropout=layer.dropout.p, norm_first=layer.norm_first)
-        new.feed_forward.activation = activation
-        new = new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
-        new.self_attn, new.cross_attn = self_attn, cross_attn
-        with torch.no_grad():
-            for ours, theirs in ((new.feed_forward.linear1, layer.linear1), (new.feed_forward.linear2, layer.linear2),
-                                 (new.norm1, layer.norm1), (new.norm2, layer.norm2), (new.norm3, layer.norm3)):
-                ours.weight.copy_(theirs.weight)
-                ours.bias.copy_(theirs.bias)
-        new.norm1.eps, new.norm2.eps, new.norm3.eps = layer.norm1.eps, layer.norm2.eps, layer.norm3.eps
-        return new.train(layer.training)
+        # each step: post-LN  LN(h + Dropout(Sub(h))),
+        #            pre-LN   h + Dropout(Sub(LN(h)))
+        h = residual(x, self_attention, self.norm1, self.norm_first,
+                     self.dropout1)                             # h_1 (B, T, D)
+        h = residual(h, cross_attention, self.norm2, self.norm_first,
+                     self.dropout2)                             # h_2 (B, T, D)
+        return residual(h, self.feed_forward, self.norm3, self.norm_first,
+                        self.dropout3)                          # y (B, T, D)
 
     def extra_repr(self) -> str:
         return f"norm_first={self.norm_first}"
 
 # %% ../../notebooks/08_cross_attention.ipynb #0774c37b
 class Decoder(nn.Module):
-    """A stack of ``n_layers`` :class:`DecoderLayer`; a pre-LN stack ends with a final :class:`LayerNorm`.
+    """A stack of ``n_layers`` DecoderLayers, each with its own weights. A
+    pre-LN stack ends with a final LayerNorm, ``norm``; a post-LN one has
+    ``norm = None``. Args: those of DecoderLayer, and ``n_layers``.
 
-    Args: those of :class:`DecoderLayer`, plus ``n_layers``. Each layer has its own weights.
-
-    ``forward(x (B, T, D), memory (B, S, D), tgt_mask=None, memory_mask=None) -> (B, T, D)``:
-    every layer reads the previous layer's output and the same ``memory`` (the encoder's final
-    output), with the same masks (True = may attend; see :class:`DecoderLayer`). ``norm`` is the
-    final LayerNorm (pre-LN) or None (post-LN, whose layers already end with a norm). Copy
-    ``nn.TransformerDecoder`` weights with :meth:`from_torch`.
+    ``forward(x (B, T, D), memory (B, S, D), tgt_mask=None, memory_mask=None)
+    -> (B, T, D)``, with the masks of DecoderLayer. The inputs are not
+    modified.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, n_layers: int, dropout: float = 0.0,
-                 norm_first: bool = False):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, n_layers: int,
+                 dropout: float = 0.0, norm_first: bool = False):
         super().__init__()
-        _require_layer_config(d_model, n_heads, d_ff, dropout)
-        _require_positive_int("n_layers", n_layers)
-        self.d_model, self.n_heads, self.norm_first = d_model, n_heads, bool(norm_first)
-        self.layers = nn.ModuleList(DecoderLayer(d_model, n_heads, d_ff, dropout, norm_first)
-                                    for _ in range(n_layers))
+        shapes.require_layer_config(d_model, n_heads, d_ff, dropout, n_layers)
+        self.d_model, self.n_heads = d_model, n_heads
+        self.norm_first = bool(norm_first)
+        self.layers = nn.ModuleList(
+            DecoderLayer(d_model, n_heads, d_ff, dropout, norm_first)
+            for _ in range(n_layers))
         self.norm = LayerNorm(d_model) if norm_first else None
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, tgt_mask: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_decoder_inputs(f"Decoder(d_model={self.d_model})", x, memory, tgt_mask, memory_mask,
-                              self.d_model, self.n_heads)
-        for layer in self.layers:
-            x = layer(x, memory, tgt_mask, memory_mask)          # (B, T, D); the memory is the same for all
+    def forward(self, x, memory, tgt_mask=None, memory_mask=None):
+        shapes.require_decoder_inputs(self, x, memory, tgt_mask, memory_mask)
+        for layer in self.layers:         # x^(l) = DecoderLayer_l(x^(l-1), M)
+            x = layer(x, memory, tgt_mask, memory_mask)             # (B, T, D)
         if self.norm is not None:
-            x = self.norm(x)                                     # pre-LN: normalise the residual stream
+            x = self.norm(x)                    # pre-LN: LN(x^(L))
         return x
-
-    @classmethod
-    def from_torch(cls, decoder: nn.TransformerDecoder) -> "Decoder":
-        """A ``Decoder`` holding a copy of the weights of ``decoder`` (its layers and final norm).
-
-        A pre-LN (``norm_first=True``) ``decoder`` must have a final ``norm`` (nn.LayerNorm), and a
-        post-LN one must not: that is the structure of this module.
-        """
-        return _stack_from_torch(cls, decoder, nn.TransformerDecoder, DecoderLayer, "decoder")
 
     def extra_repr(self) -> str:
         return f"norm_first={self.norm_first}"

@@ -151,7 +151,3 @@ def mha_parameter_count(d_model: int, n_heads: int, bias: bool = True) -> int:
     shapes.require_mha_config(d_model, n_heads)
     per_matrix = d_model * d_model + (d_model if bias else 0)  # (D, D), (D,)
     return 4 * per_matrix                         # W_Q, W_K, W_V and W_O
-
-# %% ../../notebooks/03_multi_head_attention.ipynb #9d3e5f70
-# Former name of shapes.require_head_mask, for code that still imports it.
-_check_mask = shapes.require_head_mask

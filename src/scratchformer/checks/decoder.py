@@ -1,9 +1,18 @@
 """Checkers for chapter 08 (``scratchformer.decoder``): the forward pass of a decoder layer
 (self-attention, cross-attention, feed-forward) and of the decoder stack."""
 
+# Each checker loads random weights into the learner's module and the reference, in a
+# configuration where every size differs, and runs both on a set of probes: both LayerNorm
+# placements, T != S (and one T == S probe), every mask shape for both masks. A bug is named
+# only when one known wrong variant reproduces the learner's outcome on every probe (its
+# outputs, and its errors where the variant raises too). Then come rows with nothing to attend
+# to, inputs left unchanged and gradients, float16 and bfloat16, and dropout in training and in
+# eval mode.
+
 from __future__ import annotations
 
 import copy
+import types
 
 import torch
 
@@ -13,17 +22,42 @@ from scratchformer.checks._common import (
     ExerciseWrong,
     _call,
     _close,
-    _diagnose,
     _generator,
     _passed,
     _randn,
-    _require_finite,
-    _require_tensor,
+)
+from scratchformer.checks._exercise import exercise
+from scratchformer.checks._probes import (
+    LOW_PRECISION,
+    mask_variants,
+    require_dropout_behaviour,
+    require_dtype,
+    require_gradients,
+    require_unchanged,
+    snapshot,
 )
 
 __all__ = ["decoder_layer", "decoder_stack"]
 
-B, H, D, D_FF = 2, 2, 8, 12
+DROPOUT = 0.3
+
+
+# --------------------------------------------------------------------------------------------
+# Configurations, modules and probes
+# --------------------------------------------------------------------------------------------
+
+def _randint(g: torch.Generator, low: int, high: int) -> int:
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
+def _config(g: torch.Generator) -> dict[str, int]:
+    """Sizes in which every field differs: B, T, S, H, D, d_ff and n_layers."""
+    while True:
+        H = _randint(g, 2, 3)
+        c = dict(B=_randint(g, 2, 5), T=_randint(g, 3, 7), S=_randint(g, 4, 9), H=H,
+                 D=H * _randint(g, 3, 5), D_FF=_randint(g, 7, 24), L=_randint(g, 2, 4))
+        if len(set(c.values())) == len(c):
+            return c
 
 
 def _randomise(module: torch.nn.Module, g: torch.Generator) -> torch.nn.Module:
@@ -35,16 +69,6 @@ def _randomise(module: torch.nn.Module, g: torch.Generator) -> torch.nn.Module:
     return module.eval()
 
 
-def _masks(g: torch.Generator, T: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A causal tgt_mask (T, T) and a source padding memory_mask (B, 1, S); sequence 1 is padded."""
-    from scratchformer.causal import causal_mask
-
-    length = int(torch.randint(1, S, (1,), generator=g))            # 1 <= length < S: some padding
-    memory_mask = torch.ones(B, 1, S, dtype=torch.bool)
-    memory_mask[1, 0, length:] = False
-    return causal_mask(T), memory_mask
-
-
 def _instantiate(name: str, cls: type, ref: torch.nn.Module, *args, parameters: str, **kwargs):
     """Build the learner's module with the reference's constructor arguments and load its weights."""
     __tracebackhide__ = True
@@ -53,13 +77,230 @@ def _instantiate(name: str, cls: type, ref: torch.nn.Module, *args, parameters: 
     except NotImplementedError:
         raise ExerciseNotAttempted(f"{name}: not attempted yet.") from None
     except Exception as error:
-        raise ExerciseWrong(f"{name}: constructing {cls.__name__}{args} raised {type(error).__name__}: {error}") from error
+        raise ExerciseWrong(f"{name}: constructing {cls.__name__}{args} raised "
+                            f"{type(error).__name__}: {error}") from error
     try:
         module.load_state_dict(ref.state_dict())
     except Exception as error:
-        raise ExerciseWrong(f"{name}: could not load the reference weights ({error}). Keep the chapter's "
-                            f"parameters: {parameters}.") from error
-    return module.eval()
+        raise ExerciseWrong(f"{name}: could not load the reference weights ({error}). Keep the "
+                            f"chapter's parameters: {parameters}.") from error
+    return module.to(next(ref.parameters()).dtype).train(ref.training)
+
+
+def _keep_masks(g: torch.Generator, B: int, H: int, T: int, S: int) -> list[tuple[str, torch.Tensor]]:
+    """Random keep-masks of every shape MultiHeadAttention accepts for T queries x S keys."""
+    shapes = list(mask_variants(g, (B,), T, S).items())                # (T, S), (B, 1, S), (B, T, S)
+    shapes += [(k, v) for k, v in mask_variants(g, (B, H), T, S).items() if k != "(T, S)"]
+    return shapes                                                       # + (B,1,1,S), (B,1,T,S), (B,H,T,S)
+
+
+class _Probe:
+    """One call: a description, the reference module it compares with, and the arguments."""
+
+    def __init__(self, what: str, ref: torch.nn.Module, args: tuple):
+        self.what, self.ref, self.args = what, ref, args
+
+
+def _clones(args: tuple) -> tuple:
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _probes(g: torch.Generator, c: dict, refs: dict) -> list[_Probe]:
+    """For each LayerNorm placement: T != S without masks, with a causal target mask and a source
+    padding mask, with every mask shape for both masks; and one T == S probe with masks."""
+    from scratchformer.causal import causal_mask
+
+    B, T, S, H, D = c["B"], c["T"], c["S"], c["H"], c["D"]
+    probes = []
+    for norm_first, ref in refs.items():
+        place = "pre-LN" if norm_first else "post-LN"
+        x, memory = _randn(g, B, T, D), _randn(g, B, S, D)
+        padding = torch.ones(B, 1, S, dtype=torch.bool)
+        padding[0, 0, _randint(g, 1, S - 1):] = False
+        probes.append(_Probe(f"{place}, T={T}, S={S}, no masks", ref, (x, memory, None, None)))
+        probes.append(_Probe(f"{place}, causal tgt_mask (T, T), memory_mask (B, 1, S)", ref,
+                             (x, memory, causal_mask(T), padding)))
+        tgt, mem = _keep_masks(g, B, H, T, T), _keep_masks(g, B, H, T, S)
+        for (tgt_shape, tgt_mask), (mem_shape, mem_mask) in zip(tgt, mem[1:] + mem[:1]):
+            probes.append(_Probe(f"{place}, tgt_mask {tgt_shape}, memory_mask {mem_shape}", ref,
+                                 (x, memory, tgt_mask, mem_mask)))
+        square = _randn(g, B, T, D)                                    # a memory with S = T
+        square_padding = torch.ones(B, 1, T, dtype=torch.bool)
+        square_padding[-1, 0, _randint(g, 1, T - 1):] = False
+        probes.append(_Probe(f"{place}, T = S = {T}, causal tgt_mask and a padding memory_mask", ref,
+                             (x, square, causal_mask(T), square_padding)))
+    return probes
+
+
+def _outcome(fn, args: tuple):
+    """``fn(*args)`` detached, or the exception it raised (the learner's: an ExerciseWrong)."""
+    try:
+        with torch.no_grad():
+            out = fn(*_clones(args))
+    except ExerciseNotAttempted:
+        raise
+    except Exception as error:                          # noqa: BLE001 - compared, reported later
+        return error
+    return out.detach() if isinstance(out, torch.Tensor) else out
+
+
+def _agree(learner, predicted) -> bool:
+    """The learner's outcome is the one a hypothesis predicts: close outputs, or both raised the
+    same kind of error."""
+    if isinstance(predicted, BaseException):
+        cause = learner.__cause__ if isinstance(learner, ExerciseWrong) else learner
+        return isinstance(cause, BaseException) and type(cause) is type(predicted)
+    return isinstance(learner, torch.Tensor) and _close(learner, predicted)
+
+
+def _explain(learner: list, probes: list[_Probe], expected: list, hypotheses: dict) -> str | None:
+    """The hint of the first hypothesis that reproduces the learner's outcome on every probe and
+    differs from the reference on at least one probe where the learner gave an output."""
+    for hint, variants in hypotheses.items():
+        for variant in variants:
+            predicted = [_outcome(lambda *a, p=p, v=variant: v(p.ref, *a), p.args) for p in probes]
+            if not all(_agree(o, h) for o, h in zip(learner, predicted)):
+                continue
+            if any(isinstance(o, torch.Tensor) and isinstance(h, torch.Tensor) and not _close(h, e)
+                   for o, h, e in zip(learner, predicted, expected)):
+                return hint
+    return None
+
+
+def _first_failure(name: str, learner: list, probes: list[_Probe], expected: list,
+                   generic: str) -> None:
+    """Raise for the first probe where the learner's outcome differs from the reference's."""
+    __tracebackhide__ = True
+    for out, probe, ref_out in zip(learner, probes, expected):
+        what = f"the output ({probe.what})"
+        if isinstance(out, ExerciseWrong):
+            raise ExerciseWrong(f"{str(out).rstrip('.')} ({probe.what}).") from out.__cause__
+        if isinstance(out, tuple):
+            raise ExerciseWrong(f"{name}: return only the output tensor (B, T, D), not a tuple. "
+                                "MultiHeadAttention returns (out, weights): keep [0].")
+        if not isinstance(out, torch.Tensor):
+            raise ExerciseWrong(f"{name}: {what} is {type(out).__name__}; return a torch.Tensor.")
+        if out.shape != ref_out.shape:
+            raise ExerciseWrong(f"{name}: {what} has shape {tuple(out.shape)}, expected "
+                                f"{tuple(ref_out.shape)} (B, T, D): one vector per target position.")
+        if not torch.isfinite(out).all():
+            raise ExerciseWrong(f"{name}: {what} contains NaN or inf.")
+        if not _close(out, ref_out):
+            error = (out.float() - ref_out.float()).abs().max().item()
+            raise ExerciseWrong(f"{name}: {what} differs from the reference (largest difference "
+                                f"{error:.3g}). {generic}")
+
+
+def _empty_rows(name: str, run, ref, g: torch.Generator, c: dict) -> None:
+    """A sequence with an empty source and a target with no real token: finite outputs and
+    gradients, equal to the reference."""
+    __tracebackhide__ = True
+    from scratchformer.causal import causal_padding_mask
+
+    B, T, S, D = c["B"], c["T"], c["S"], c["D"]
+    x = _randn(g, B, T, D).requires_grad_(True)
+    memory = _randn(g, B, S, D).requires_grad_(True)
+    keep_t = torch.ones(B, T, dtype=torch.bool)
+    keep_t[-1] = False                                     # a target with no real token
+    keep_t[0, :2] = False                                  # left padding: empty rows 0 and 1
+    keep_s = torch.ones(B, 1, S, dtype=torch.bool)
+    keep_s[-1] = False                                     # an empty source
+    tgt_mask = causal_padding_mask(keep_t)
+    what = "sequences with an empty source and target rows with nothing to attend to"
+    out = run(x, memory, tgt_mask, keep_s)
+    if isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
+        raise ExerciseWrong(f"{name}: the output for {what} contains NaN or inf. {NAN_FROM_EMPTY_ROW}")
+    with torch.no_grad():
+        expected = ref(x, memory, tgt_mask, keep_s)
+    if not _close(out, expected):
+        raise ExerciseWrong(f"{name}: the output for {what} differs from the reference.")
+    out.float().sum().backward()
+    for label, t in (("x", x), ("memory", memory)):
+        if t.grad is not None and not torch.isfinite(t.grad).all():
+            raise ExerciseWrong(f"{name}: the gradient with respect to {label} for {what} "
+                                f"contains NaN. {NAN_FROM_EMPTY_ROW}")
+
+
+def _inputs_and_gradients(name: str, run, g: torch.Generator, c: dict) -> None:
+    """The inputs (tensors and masks) are left as they were; gradients reach x and memory."""
+    __tracebackhide__ = True
+    B, T, S, D, H = c["B"], c["T"], c["S"], c["D"], c["H"]
+    tgt_mask = _keep_masks(g, B, H, T, T)[2][1]                       # (B, T, T)
+    memory_mask = _keep_masks(g, B, H, T, S)[1][1]                    # (B, 1, S)
+    x, memory = _randn(g, B, T, D), _randn(g, B, S, D)
+    before = snapshot(x, memory, tgt_mask, memory_mask)
+    with torch.no_grad():
+        run(x, memory, tgt_mask, memory_mask)
+    require_unchanged(name, ["x", "memory", "tgt_mask", "memory_mask"], before,
+                      [x, memory, tgt_mask, memory_mask])
+    x.requires_grad_(True)
+    memory.requires_grad_(True)
+    out = run(x, memory, tgt_mask, memory_mask)
+    require_gradients(name, out, {"x": x, "memory": memory})
+
+
+def _low_precision(name: str, make_run, ref, g: torch.Generator, c: dict) -> None:
+    """float16 and bfloat16, with masks that leave empty rows: output dtype = input dtype, close
+    to the reference in the same dtype, finite."""
+    __tracebackhide__ = True
+    from scratchformer.causal import causal_padding_mask
+
+    B, T, S, D = c["B"], c["T"], c["S"], c["D"]
+    keep_t = torch.ones(B, T, dtype=torch.bool)
+    keep_t[0, :2] = False
+    keep_s = torch.ones(B, 1, S, dtype=torch.bool)
+    keep_s[-1, 0, 1:] = False
+    x, memory = _randn(g, B, T, D), _randn(g, B, S, D)
+    for dtype in LOW_PRECISION:
+        reference = copy.deepcopy(ref).to(dtype)
+        run = make_run(reference)
+        args = (x.to(dtype), memory.to(dtype), causal_padding_mask(keep_t), keep_s)
+        out = run(*args)
+        what = f"the output for {dtype} inputs, with causal and padding masks"
+        require_dtype(name, what, out, dtype)
+        if not torch.isfinite(out).all():
+            raise ExerciseWrong(f"{name}: {what} contains NaN or inf. Likely bug: a -1e9 or -inf "
+                                f"fill overflows in {dtype}. {NAN_FROM_EMPTY_ROW}")
+        with torch.no_grad():
+            expected = reference(*args)
+        if not _close(out, expected, atol=5e-2, rtol=5e-2):
+            error = (out.float() - expected.float()).abs().max().item()
+            raise ExerciseWrong(f"{name}: {what} differs from the reference by {error:.3g}.")
+
+
+def _require_dropout(name: str, learner, reference, run, samples: int = 500,
+                     max_z2: float = 1.8, max_log_ratio: float = 0.04) -> None:
+    """Dropout p > 0: deterministic and equal to the reference in eval mode, stochastic in
+    training (the shared probe), and in training the same distribution of outputs as the
+    reference, tested on its mean and its spread, element by element: the average squared
+    z-score of the difference of the means is about 1 when both agree, and the average log ratio
+    of the variances about 0 (a few thousandths over 500 passes). Dropout that is missing,
+    misplaced or not rescaled moves one or both far beyond."""
+    __tracebackhide__ = True
+    require_dropout_behaviour(name, learner, reference, run, samples=2, max_z=None)
+    learner.train()
+    reference.train()
+    try:
+        with torch.no_grad():
+            ours = torch.stack([run(learner).double() for _ in range(samples)])
+            theirs = torch.stack([run(reference).double() for _ in range(samples)])
+    finally:
+        learner.eval()
+        reference.eval()
+    ours_var, theirs_var = ours.var(0), theirs.var(0)
+    moved = (ours_var > 1e-12) & (theirs_var > 1e-12)        # the entries dropout changes at all
+    z2 = ((ours.mean(0) - theirs.mean(0)) ** 2 / ((ours_var + theirs_var) / samples))[moved].mean()
+    log_ratio = (ours_var[moved].log() - theirs_var[moved].log()).mean()
+    if z2 > max_z2 or log_ratio.abs() > max_log_ratio:
+        spread = "larger" if log_ratio > 0 else "smaller"
+        raise ExerciseWrong(
+            f"{name}: in train mode the outputs are distributed differently from the reference's "
+            f"over {samples} passes (mean squared z-score of the mean {z2.item():.1f}, about 1 if "
+            f"they agreed; the spread is {abs(log_ratio.item()):.0%} {spread} in log terms). Likely "
+            "bug: dropout missing on a sublayer's output, in the wrong place (the paper applies it "
+            "to each sublayer's output, before the residual addition), or the kept values not "
+            "rescaled by 1/(1-p): use the layer's nn.Dropout modules dropout1..3."
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,60 +309,97 @@ def _instantiate(name: str, cls: type, ref: torch.nn.Module, *args, parameters: 
 
 KV_FROM_DECODER = (
     "the cross-attention takes its keys and values from the decoder instead of the memory: "
-    "self.cross_attn(h, h, h) is a second self-attention, and the source is never read. Keys and "
-    "values come from the encoder's output: self.cross_attn(h, memory, memory, mask=memory_mask)."
+    "self.cross_attn(h, h, h) is a second self-attention, and the source is never read. The "
+    "queries come from the decoder, the keys and values from the encoder's output, the memory."
 )
 Q_FROM_MEMORY = (
     "the cross-attention takes its queries from the memory instead of the decoder. The queries are "
-    "the target positions (the decoder's h), the keys and values the source positions; the first "
-    "argument is the query: self.cross_attn(h, memory, memory, mask=memory_mask). With queries from "
-    "the memory there is one output row per source position, (B, S, D), not per target position."
+    "the target positions (the decoder's stream), the keys and values the source positions: "
+    "MultiHeadAttention's first argument is the query. With queries from the memory there is one "
+    "output row per source position, (B, S, D), not per target position."
 )
 CAUSAL_ON_CROSS = (
-    "the causal mask is applied to the cross-attention instead of the self-attention. tgt_mask "
-    "(causal, T x T) belongs to the self-attention: the target must not see its own future. "
-    "memory_mask (the source padding, (B, 1, S)) belongs to the cross-attention, which may read the "
-    "whole source."
+    "the masks are in the wrong attentions: tgt_mask (the target's causal and padding mask, "
+    "T x T keys) belongs to the self-attention, memory_mask (the source padding, S keys) to the "
+    "cross-attention, which may read the whole source."
 )
 MEMORY_MASK_IGNORED = (
-    "the memory padding mask is ignored: padded source positions get attention weight. Pass it to "
-    "the cross-attention: self.cross_attn(h, memory, memory, mask=memory_mask)."
+    "the memory mask is ignored: padded source positions get attention weight. Pass memory_mask "
+    "to the cross-attention."
+)
+EXTRA_CAUSAL = (
+    "your layer adds a causal mask of its own to tgt_mask. The caller's tgt_mask already says which "
+    "keys each target position may see (it is the causal mask when there is one, and a decoder "
+    "with a cache passes another): pass it to the self-attention as it is."
 )
 TGT_MASK_IGNORED = (
-    "the target mask is ignored: every target position sees its own future. Pass tgt_mask to the "
-    "self-attention: self.self_attn(h, h, h, mask=tgt_mask)."
+    "the target mask is ignored: pass tgt_mask to the self-attention, or each target position "
+    "sees the future (and the target's padding)."
 )
+MASKS_IGNORED = "both masks are ignored: tgt_mask goes to the self-attention, memory_mask to the cross-attention."
 WRONG_ORDER = (
     "the sublayers are in the wrong order: cross-attention before self-attention. A decoder layer "
     "first attends to the target so far (masked self-attention, norm1), then to the source "
     "(cross-attention, norm2), then applies the feed-forward network (norm3)."
 )
-NORM_FIRST_IGNORED = (
-    "norm_first is ignored: pass self.norm_first on to residual(x, sublayer, norm, self.norm_first, "
-    "dropout), so that a pre-LN layer normalises each sublayer's input and a post-LN layer the sum."
+NORM_SWAPPED = (
+    "the two LayerNorm placements are swapped: with norm_first=False your layer normalises each "
+    "sublayer's input (pre-LN) and with norm_first=True the sum (post-LN). Pass self.norm_first on "
+    "unchanged."
+)
+NORM_ALWAYS_POST = (
+    "the pre-LN placement is missing: with norm_first=True your layer still normalises after the "
+    "residual add (post-LN). Pre-LN normalises each sublayer's input and adds the sublayer's "
+    "output to the un-normalised stream: pass self.norm_first on."
+)
+NORM_ALWAYS_PRE = (
+    "the post-LN placement is missing: with norm_first=False (the paper's, the default) your "
+    "layer still normalises each sublayer's input (pre-LN). Post-LN normalises the sum of the "
+    "stream and the sublayer's output: pass self.norm_first on."
 )
 MEMORY_NORMALISED = (
     "the memory goes through the decoder's LayerNorm. Only the decoder's own stream is normalised "
     "inside the layer; the memory enters the cross-attention as it is (in a pre-LN model the "
     "encoder's final LayerNorm has already normalised it)."
 )
-MASK_MISPLACED = (
-    "a mask reached an attention it does not fit. tgt_mask (T x T keys) belongs to the "
-    "self-attention, memory_mask (S keys, the memory) to the cross-attention; and the cross-attention's "
-    "keys and values must be the memory. Likely bug: " + CAUSAL_ON_CROSS
+NO_RESIDUAL = (
+    "the residual connection is missing: each sublayer's output must be added to its input (the "
+    "stream), LN(h + Dropout(Sub(h))) in post-LN, h + Dropout(Sub(LN(h))) in pre-LN."
 )
+NORMALISED_RESIDUAL = (
+    "in pre-LN the residual path carries the normalised stream: it must carry h itself, "
+    "h + Dropout(Sub(LN(h))), not LN(h) + Dropout(Sub(LN(h)))."
+)
+SHARED_NORM = (
+    "one LayerNorm is used for every sublayer: each has its own, norm1 (self-attention), norm2 "
+    "(cross-attention), norm3 (feed-forward), with their own gains and biases."
+)
+FF_MISSING = "the feed-forward sublayer is missing: after the cross-attention comes feed_forward, with norm3."
+CROSS_MISSING = "the cross-attention sublayer is missing: the layer never reads the memory."
+SELF_MISSING = "the self-attention sublayer is missing: the target positions never see each other."
 LAYER_PARAMETERS = ("self_attn, cross_attn (MultiHeadAttention), feed_forward (FeedForward), norm1, norm2, "
                     "norm3 (LayerNorm), dropout1, dropout2, dropout3")
+LAYER_GENERIC = (
+    "Each sublayer goes through residual(h, sublayer, norm_k, self.norm_first, dropout_k): "
+    "self-attention on the stream with tgt_mask; cross-attention with queries from the stream, "
+    "keys and values from memory, with memory_mask; then feed_forward."
+)
 
 
 def _layer_forward(layer, x, memory, tgt_mask=None, memory_mask=None, *, kv="memory", q="decoder",
                    self_mask="tgt", cross_mask="memory", order=("self", "cross", "ff"), norm_first=None,
-                   norm_memory=False):
+                   norm_memory=False, connection="residual", norms="own", skip=(), extra_causal=False):
     """The reference forward pass of ``layer``, with one switch per classic bug."""
-    from scratchformer.encoder import residual
+    from scratchformer.causal import causal_mask
 
     masks = {"tgt": tgt_mask, "memory": memory_mask, None: None}
-    norm_first = layer.norm_first if norm_first is None else norm_first
+    if extra_causal:
+        causal = causal_mask(x.size(1), device=x.device)
+        masks["tgt"] = causal if tgt_mask is None else tgt_mask & causal
+    if norm_first is None:
+        norm_first = layer.norm_first
+    elif norm_first == "swap":
+        norm_first = not layer.norm_first
 
     def self_attend(h):
         return layer.self_attn(h, h, h, mask=masks[self_mask])[0]
@@ -132,143 +410,112 @@ def _layer_forward(layer, x, memory, tgt_mask=None, memory_mask=None, *, kv="mem
         queries = mem if q == "memory" else h
         return layer.cross_attn(queries, keys, keys, mask=masks[cross_mask])[0]
 
+    def connect(h, sublayer, norm, dropout):
+        if connection == "none":
+            return dropout(sublayer(norm(h))) if norm_first else norm(dropout(sublayer(h)))
+        if connection == "normalised" and norm_first:
+            h = norm(h)
+            return h + dropout(sublayer(h))
+        return norm(h + dropout(sublayer(h))) if not norm_first else h + dropout(sublayer(norm(h)))
+
     sublayers = {"self": (self_attend, layer.norm1, layer.dropout1),
                  "cross": (cross_attend, layer.norm2, layer.dropout2),
                  "ff": (layer.feed_forward, layer.norm3, layer.dropout3)}
     for part in order:
+        if part in skip:
+            continue
         sublayer, norm, dropout = sublayers[part]
-        x = residual(x, sublayer, norm, norm_first, dropout)
+        x = connect(x, sublayer, layer.norm1 if norms == "shared" else norm, dropout)
     return x
 
 
-def _layer_runner(name: str, cls_or_fn, ref):
-    """(x, memory, tgt_mask, memory_mask) -> the learner's output, for a class or a forward function."""
+def _variant(**switches):
+    return lambda layer, *args: _layer_forward(layer, *args, **switches)
+
+
+LAYER_HYPOTHESES = {
+    KV_FROM_DECODER: [_variant(kv="decoder"), _variant(kv="decoder", cross_mask=None)],
+    Q_FROM_MEMORY: [_variant(q="memory"), _variant(q="memory", kv="decoder")],
+    CAUSAL_ON_CROSS: [_variant(self_mask="memory", cross_mask="tgt"),
+                      _variant(self_mask=None, cross_mask="tgt"),
+                      _variant(self_mask="memory", cross_mask=None)],
+    MASKS_IGNORED: [_variant(self_mask=None, cross_mask=None)],
+    MEMORY_MASK_IGNORED: [_variant(cross_mask=None)],
+    TGT_MASK_IGNORED: [_variant(self_mask=None)],
+    EXTRA_CAUSAL: [_variant(extra_causal=True)],
+    WRONG_ORDER: [_variant(order=("cross", "self", "ff"))],
+    NORM_SWAPPED: [_variant(norm_first="swap")],
+    NORM_ALWAYS_POST: [_variant(norm_first=False)],
+    NORM_ALWAYS_PRE: [_variant(norm_first=True)],
+    MEMORY_NORMALISED: [_variant(norm_memory=True)],
+    NO_RESIDUAL: [_variant(connection="none")],
+    NORMALISED_RESIDUAL: [_variant(connection="normalised")],
+    SHARED_NORM: [_variant(norms="shared")],
+    FF_MISSING: [_variant(skip=("ff",))],
+    CROSS_MISSING: [_variant(skip=("cross",))],
+    SELF_MISSING: [_variant(skip=("self",))],
+}
+
+
+def _layer_module(name: str, cls_or_fn, ref):
+    """The learner's layer holding ``ref``'s weights: an instance of the learner's class, or a copy
+    of ``ref`` whose forward is the learner's function."""
     if isinstance(cls_or_fn, type):
-        module = _instantiate(name, cls_or_fn, ref, D, H, D_FF, norm_first=ref.norm_first,
-                              parameters=LAYER_PARAMETERS)
-        return lambda *args: _call(name, module, *args)
-    return lambda *args: _call(name, cls_or_fn, ref, *args)
+        return _instantiate(name, cls_or_fn, ref, ref.d_model, ref.n_heads, ref.feed_forward.d_ff,
+                            dropout=ref.dropout1.p, norm_first=ref.norm_first,
+                            parameters=LAYER_PARAMETERS)
+    module = copy.deepcopy(ref)
+    module.forward = types.MethodType(cls_or_fn, module)
+    return module
 
 
-def _run_layer(name: str, run, what: str, x, memory, tgt_mask=None, memory_mask=None):
-    __tracebackhide__ = True
-    try:
-        out = run(x, memory, tgt_mask, memory_mask)
-    except ExerciseWrong as error:
-        cause = error.__cause__
-        if isinstance(cause, ValueError) and "mask" in str(cause):
-            raise ExerciseWrong(f"{name}: {what}: your code raised ValueError: {cause} {MASK_MISPLACED}") from error
-        if isinstance(cause, RuntimeError) and "size of tensor" in str(cause) and x.size(1) != memory.size(1):
-            raise ExerciseWrong(f"{name}: {what}: your code raised RuntimeError: {cause}. Likely bug: "
-                                f"{Q_FROM_MEMORY}") from error
-        raise
-    if isinstance(out, tuple):
-        raise ExerciseWrong(f"{name}: return only the output tensor (B, T, D), not a tuple. "
-                            "MultiHeadAttention returns (out, weights): keep [0].")
-    if isinstance(out, torch.Tensor) and tuple(out.shape) == (B, memory.size(1), D) and x.size(1) != memory.size(1):
-        raise ExerciseWrong(f"{name}: {what}: the output has shape (B, S, D) = {tuple(out.shape)}, one row per "
-                            f"source position. Likely bug: {Q_FROM_MEMORY}")
-    _require_tensor(name, f"the output ({what})", out, tuple(x.shape))
-    _require_finite(name, f"the output ({what})", out)
-    return out
-
-
+@exercise("8.1", reference="scratchformer.decoder")
 def decoder_layer(cls_or_fn) -> None:
     """Check a decoder layer's forward pass against the chapter's reference.
 
-    ``cls_or_fn``: a class built as ``cls(d_model, n_heads, d_ff, norm_first=...)`` with the parameters
-    of :class:`scratchformer.decoder.DecoderLayer`, whose ``forward(x, memory, tgt_mask=None,
-    memory_mask=None)`` returns (B, T, D); or a function with that signature whose first argument
-    is the layer (an unbound ``forward``).
+    ``cls_or_fn``: a class built as ``cls(d_model, n_heads, d_ff, dropout=..., norm_first=...)``
+    with the parameters of :class:`scratchformer.decoder.DecoderLayer`, whose ``forward(x, memory,
+    tgt_mask=None, memory_mask=None)`` returns (B, T, D); or a function with that signature whose
+    first argument is the layer (an unbound ``forward``).
     """
     __tracebackhide__ = True
     name = "DecoderLayer.forward"
     from scratchformer.decoder import DecoderLayer as Reference
 
     g = _generator()
+    c = _config(g)
+    refs, runs = {}, {}
     for norm_first in (False, True):
-        placement = "pre-LN" if norm_first else "post-LN"
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-        ref = _randomise(Reference(D, H, D_FF, norm_first=norm_first), g)
-        run = _layer_runner(name, cls_or_fn, ref)
-        with torch.no_grad():
-            # 1. T == S, no masks: where the queries, keys and values come from; sublayer order; norms
-            T = S = 5
-            x, memory = _randn(g, B, T, D), _randn(g, B, S, D)
-            what = f"{placement}, T = S, no masks"
-            out = _run_layer(name, run, what, x, memory)
-            variants = {KV_FROM_DECODER: [{"kv": "decoder"}],
-                        Q_FROM_MEMORY: [{"q": "memory"}, {"q": "memory", "kv": "decoder"}],
-                        WRONG_ORDER: [{"order": ("cross", "self", "ff")}],
-                        NORM_FIRST_IGNORED: [{"norm_first": not norm_first}],
-                        MEMORY_NORMALISED: [{"norm_memory": True}]}
-            _diagnose_variants(name, f"the output ({what})", out, ref, x, memory, None, None, variants)
+        refs[norm_first] = _randomise(Reference(c["D"], c["H"], c["D_FF"], norm_first=norm_first), g)
+        module = _layer_module(name, cls_or_fn, refs[norm_first])
+        runs[refs[norm_first]] = lambda *args, m=module: _call(name, m, *args)
+    probes = _probes(g, c, refs)
+    expected = [_outcome(p.ref, p.args) for p in probes]
+    learner = [_outcome(runs[p.ref], p.args) for p in probes]
+    if not all(isinstance(o, torch.Tensor) and _close(o, e) for o, e in zip(learner, expected)):
+        hint = _explain(learner, probes, expected, LAYER_HYPOTHESES)
+        if hint is not None:
+            raise ExerciseWrong(f"{name}: the output is wrong. Likely bug: {hint}")
+        _first_failure(name, learner, probes, expected, LAYER_GENERIC)
+    for ref in refs.values():
+        _inputs_and_gradients(name, runs[ref], g, c)
+        _empty_rows(name, runs[ref], ref, g, c)
 
-            # 2. T == S, causal tgt_mask and a padded memory: which mask goes where
-            tgt_mask, memory_mask = _masks(g, T, S)
-            what = f"{placement}, T = S, causal tgt_mask (T, T) and memory_mask (B, 1, S)"
-            out = _run_layer(name, run, what, x, memory, tgt_mask, memory_mask)
-            variants = {CAUSAL_ON_CROSS: [{"self_mask": "memory", "cross_mask": "tgt"},
-                                          {"self_mask": None, "cross_mask": "tgt"},
-                                          {"self_mask": "memory", "cross_mask": None}],
-                        MEMORY_MASK_IGNORED: [{"cross_mask": None}],
-                        TGT_MASK_IGNORED: [{"self_mask": None}]}
-            _diagnose_variants(name, f"the output ({what})", out, ref, x, memory, tgt_mask, memory_mask, variants)
+        def make_run(reference):
+            module = _layer_module(name, cls_or_fn, reference)
+            return lambda *args: _call(name, module, *args)
 
-            # 3. T != S with masks: the output has one row per target position
-            T, S = 4, 6
-            x, memory = _randn(g, B, T, D), _randn(g, B, S, D)
-            tgt_mask, memory_mask = _masks(g, T, S)
-            what = f"{placement}, T = {T} != S = {S}, with masks"
-            out = _run_layer(name, run, what, x, memory, tgt_mask, memory_mask)
-            _diagnose_variants(name, f"the output ({what})", out, ref, x, memory, tgt_mask, memory_mask,
-                               {MEMORY_MASK_IGNORED: [{"cross_mask": None}], TGT_MASK_IGNORED: [{"self_mask": None}]})
-
-            # 4. padding and the future are invisible
-            noisy = memory.clone()
-            noisy[~memory_mask[:, 0]] = 100 * _randn(g, int((~memory_mask).sum()), D)
-            if not _close(_run_layer(name, run, what, x, noisy, tgt_mask, memory_mask), out):
-                raise ExerciseWrong(f"{name}: changing the memory at padded source positions changed the output. "
-                                    f"Likely bug: {MEMORY_MASK_IGNORED}")
-            changed = x.clone()
-            changed[:, 2] = 100 * _randn(g, B, D)
-            if not _close(_run_layer(name, run, what, changed, memory, tgt_mask, memory_mask)[:, :2], out[:, :2]):
-                raise ExerciseWrong(f"{name}: changing target position 2 changed the outputs at positions 0 and 1: "
-                                    f"the future leaks. Likely bug: {TGT_MASK_IGNORED}")
-
-        # 5. an empty source and a fully padded target: finite outputs and gradients
-        empty_memory = memory_mask.clone()
-        empty_memory[1] = False
-        empty_target = tgt_mask[None].repeat(B, 1, 1)
-        empty_target[1] = False
-        xg, mg = x.clone().requires_grad_(True), memory.clone().requires_grad_(True)
-        what = f"{placement}, sequence 1 with an empty source and nothing to attend to in the target"
-        out = run(xg, mg, empty_target, empty_memory)
-        _require_finite(name, f"the output ({what})", out.detach(), NAN_FROM_EMPTY_ROW)
-        with torch.no_grad():
-            expected = _layer_forward(ref, x, memory, empty_target, empty_memory)
-        _diagnose(name, f"the output ({what})", out.detach(), expected, {}, "")
-        out.sum().backward()
-        for label, t in (("x", xg), ("memory", mg)):
-            _require_finite(name, f"the gradient with respect to {label} ({what})", t.grad, NAN_FROM_EMPTY_ROW)
-    _passed(name, "matches the reference, post-LN and pre-LN, T = S and T != S, with causal and memory "
-                  "padding masks; padding and the future are invisible; no NaN for empty rows.")
-
-
-def _diagnose_variants(name, what, out, ref, x, memory, tgt_mask, memory_mask, variants) -> None:
-    __tracebackhide__ = True
-    expected = _layer_forward(ref, x, memory, tgt_mask, memory_mask)
-    for hint, switch_sets in variants.items():
-        for switches in switch_sets:
-            try:
-                candidate = _layer_forward(ref, x, memory, tgt_mask, memory_mask, **switches)
-            except (ValueError, RuntimeError):
-                continue                                # this variant cannot run on these shapes
-            if not _close(candidate, expected) and _close(out, candidate):
-                raise ExerciseWrong(f"{name}: {what} is wrong. Likely bug: {hint}")
-    _diagnose(name, what, out, expected, {}, "Each sublayer goes through residual(x, sublayer, norm_k, "
-              "self.norm_first, dropout_k): self-attention on x with tgt_mask, cross-attention with queries "
-              "from the decoder and keys/values from memory with memory_mask, then feed_forward.")
+        _low_precision(name, make_run, ref, g, c)
+    # dropout: deterministic and equal to the reference in eval, stochastic in training
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    ref = _randomise(Reference(c["D"], c["H"], c["D_FF"], dropout=DROPOUT, norm_first=False), g)
+    module = _layer_module(name, cls_or_fn, ref)
+    probe = probes[1].args
+    _require_dropout(name, module, ref, lambda m: _call(name, m, *_clones(probe)))
+    _passed(name, f"matches the reference, post-LN and pre-LN, B={c['B']}, T={c['T']} != S={c['S']}, "
+                  "every mask shape for both masks; empty rows finite; inputs unchanged, gradients "
+                  "flow; float16 and bfloat16; dropout only in training.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,97 +524,121 @@ def _diagnose_variants(name, what, out, ref, x, memory, tgt_mask, memory_mask, v
 
 SAME_INPUT = (
     "every layer reads the stack's input x instead of the previous layer's output, so only the last "
-    "layer counts. Update x in the loop: for layer in self.layers: x = layer(x, memory, tgt_mask, memory_mask)."
+    "layer counts. Feed each layer the output of the one before it."
 )
+LAYERS_SKIPPED = "the layers are never applied: the output is the input (after the final norm, if any)."
+ONLY_FIRST = "only the first layer is applied: a `return` inside the loop?"
+REVERSED = "the layers are applied in reverse order: self.layers[0] comes first."
 MEMORY_FROM_PREVIOUS = (
     "the layers get the previous decoder layer's output as their memory. Every layer attends to the "
-    "same memory, the encoder's final output: x = layer(x, memory, tgt_mask, memory_mask)."
+    "same memory, the encoder's final output."
 )
-MASKS_NOT_PASSED = (
-    "the masks are not passed on to the layers: x = layer(x, memory, tgt_mask, memory_mask)."
-)
+MASKS_NOT_PASSED = "the masks are not passed on to the layers: every layer needs tgt_mask and memory_mask."
 MASKS_SWAPPED = (
     "the two masks are swapped: DecoderLayer.forward takes (x, memory, tgt_mask, memory_mask), the "
-    "self-attention's mask first. Pass them by name if in doubt: layer(x, memory, tgt_mask=tgt_mask, "
-    "memory_mask=memory_mask)."
+    "self-attention's mask first. Pass them by name if in doubt."
 )
 NO_FINAL_NORM = (
-    "the final LayerNorm of the pre-LN stack is missing: after the last layer, x = self.norm(x) when "
-    "self.norm is not None (post-LN stacks have none)."
+    "the final LayerNorm of the pre-LN stack is missing: after the last layer, apply self.norm when "
+    "it is not None (post-LN stacks have none)."
 )
-NORM_EVERY_LAYER = (
-    "the final LayerNorm is applied after every layer. It is applied once, after the last layer."
-)
+NORM_EVERY_LAYER = "the final LayerNorm is applied after every layer. It is applied once, after the last layer."
+NORM_FIRST_OF_STACK = "the final LayerNorm is applied to the stack's input instead of its output."
 STACK_PARAMETERS = "layers (an nn.ModuleList of DecoderLayer) and norm (LayerNorm for pre-LN, None for post-LN)"
+STACK_GENERIC = ("Apply the layers in turn, each to the previous output and the same memory and masks; "
+                 "then the final norm if self.norm is not None.")
 
 
-def _stack_candidates(ref, x, memory, tgt_mask, memory_mask) -> dict[str, torch.Tensor]:
-    def finish(h, norm=True):
-        return ref.norm(h) if (norm and ref.norm is not None) else h
-
-    def loop(memory_of=lambda h: memory, masks=(tgt_mask, memory_mask), norm_each=False):
-        h = x
-        for layer in ref.layers:
-            h = layer(h, memory_of(h), *masks)
+def _stack(layers, memory_of=None, masks=None, norm_each=False, norm=True, norm_input=False):
+    """A variant of the stack's forward pass, for the hypotheses."""
+    def forward(ref, x, memory, tgt_mask=None, memory_mask=None):
+        h = ref.norm(x) if norm_input and ref.norm is not None else x
+        for layer in layers(ref):
+            args = (tgt_mask, memory_mask) if masks is None else masks(tgt_mask, memory_mask)
+            h = layer(h, memory if memory_of is None else h, *args)
             if norm_each and ref.norm is not None:
                 h = ref.norm(h)
+        if norm and not norm_each and not norm_input and ref.norm is not None:
+            h = ref.norm(h)
         return h
-
-    candidates = {}
-    attempts = [
-        (SAME_INPUT, lambda: finish(ref.layers[-1](x, memory, tgt_mask, memory_mask))),
-        (SAME_INPUT, lambda: finish(x)),
-        (MEMORY_FROM_PREVIOUS, lambda: finish(loop(memory_of=lambda h: h))),
-        (MASKS_NOT_PASSED, lambda: finish(loop(masks=(None, None)))),
-        (MASKS_NOT_PASSED, lambda: finish(loop(masks=(tgt_mask, None)))),
-        (MASKS_NOT_PASSED, lambda: finish(loop(masks=(None, memory_mask)))),
-        (MASKS_SWAPPED, lambda: finish(loop(masks=(memory_mask, tgt_mask)))),
-        (NORM_EVERY_LAYER, lambda: loop(norm_each=True)),
-    ]
-    if ref.norm is not None:
-        attempts.append((NO_FINAL_NORM, lambda: loop()))
-    for hint, make in attempts:
-        try:
-            candidates.setdefault(hint, []).append(make())
-        except (ValueError, RuntimeError):
-            continue
-    return candidates
+    return forward
 
 
+def _same_input(ref, x, memory, tgt_mask=None, memory_mask=None):
+    h = ref.layers[-1](x, memory, tgt_mask, memory_mask)
+    return ref.norm(h) if ref.norm is not None else h
+
+
+def _skipped(ref, x, memory, tgt_mask=None, memory_mask=None):
+    return ref.norm(x) if ref.norm is not None else x
+
+
+STACK_HYPOTHESES = {
+    SAME_INPUT: [_same_input],
+    LAYERS_SKIPPED: [_skipped, lambda ref, x, *args: x],
+    ONLY_FIRST: [_stack(lambda r: r.layers[:1]), _stack(lambda r: r.layers[:1], norm=False)],
+    REVERSED: [_stack(lambda r: r.layers[::-1])],
+    MEMORY_FROM_PREVIOUS: [_stack(lambda r: r.layers, memory_of="previous")],
+    MASKS_NOT_PASSED: [_stack(lambda r: r.layers, masks=lambda t, m: (None, None)),
+                       _stack(lambda r: r.layers, masks=lambda t, m: (t, None)),
+                       _stack(lambda r: r.layers, masks=lambda t, m: (None, m))],
+    MASKS_SWAPPED: [_stack(lambda r: r.layers, masks=lambda t, m: (m, t))],
+    NO_FINAL_NORM: [_stack(lambda r: r.layers, norm=False)],
+    NORM_EVERY_LAYER: [_stack(lambda r: r.layers, norm_each=True)],
+    NORM_FIRST_OF_STACK: [_stack(lambda r: r.layers, norm_input=True)],
+}
+
+
+@exercise("8.2", reference="scratchformer.decoder")
 def decoder_stack(cls: type) -> None:
-    """Check ``cls(d_model, n_heads, d_ff, n_layers, norm_first=...)`` whose ``forward(x, memory,
-    tgt_mask=None, memory_mask=None)`` must equal :class:`scratchformer.decoder.Decoder`'s."""
+    """Check ``cls(d_model, n_heads, d_ff, n_layers, dropout=..., norm_first=...)`` whose
+    ``forward(x, memory, tgt_mask=None, memory_mask=None)`` must equal
+    :class:`scratchformer.decoder.Decoder`'s. The learner's stack gets the package's layers, so this
+    checks the stack, not Exercise 8.1."""
     __tracebackhide__ = True
     name = "Decoder.forward"
     from scratchformer.decoder import Decoder as Reference
 
     g = _generator()
-    for norm_first in (False, True):
-        placement = "pre-LN" if norm_first else "post-LN"
+    c = _config(g)
+
+    def build(norm_first: bool, dropout: float = 0.0):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-        ref = _randomise(Reference(D, H, D_FF, 3, norm_first=norm_first), g)
-        module = _instantiate(name, cls, ref, D, H, D_FF, 3, norm_first=norm_first, parameters=STACK_PARAMETERS)
-        module.layers = copy.deepcopy(ref.layers)   # the package's layers: this checks the stack, not Exercise 8.1
-        for T, S in ((5, 5), (4, 6)):
-            x, memory = _randn(g, B, T, D), _randn(g, B, S, D)
-            tgt_mask, memory_mask = _masks(g, T, S)
-            what = f"the output ({placement}, 3 layers, T = {T}, S = {S}, causal and memory padding masks)"
-            with torch.no_grad():
-                try:
-                    out = _call(name, module, x, memory, tgt_mask, memory_mask)
-                except ExerciseWrong as error:
-                    if isinstance(error.__cause__, ValueError) and "mask" in str(error.__cause__):
-                        raise ExerciseWrong(f"{name}: your code raised ValueError: {error.__cause__} Likely bug: "
-                                            f"{MASKS_SWAPPED} Or: {MEMORY_FROM_PREVIOUS}") from error
-                    raise
-                _require_tensor(name, what, out, (B, T, D))
-                _require_finite(name, what, out)
-                expected = ref(x, memory, tgt_mask, memory_mask)
-                if not _close(out, expected):
-                    for hint, outputs in _stack_candidates(ref, x, memory, tgt_mask, memory_mask).items():
-                        if any(_close(out, c) and not _close(c, expected) for c in outputs):
-                            raise ExerciseWrong(f"{name}: {what} is wrong. Likely bug: {hint}")
-                _diagnose(name, what, out, expected, {},
-                          "Apply the layers in turn, each to the previous output and the same memory and masks; "
-                          "then the final norm if self.norm is not None.")
-    _passed(name, "the layers in turn on the same memory and masks, with a final LayerNorm for pre-LN only.")
+        ref = _randomise(Reference(c["D"], c["H"], c["D_FF"], c["L"], dropout=dropout,
+                                   norm_first=norm_first), g)
+        module = _instantiate(name, cls, ref, c["D"], c["H"], c["D_FF"], c["L"], dropout=dropout,
+                              norm_first=norm_first, parameters=STACK_PARAMETERS)
+        module.layers = copy.deepcopy(ref.layers)
+        return ref, module
+
+    refs, runs = {}, {}
+    for norm_first in (False, True):
+        ref, module = build(norm_first)
+        refs[norm_first] = ref
+        runs[ref] = lambda *args, m=module: _call(name, m, *args)
+    probes = _probes(g, c, refs)
+    expected = [_outcome(p.ref, p.args) for p in probes]
+    learner = [_outcome(runs[p.ref], p.args) for p in probes]
+    if not all(isinstance(o, torch.Tensor) and _close(o, e) for o, e in zip(learner, expected)):
+        hint = _explain(learner, probes, expected, STACK_HYPOTHESES)
+        if hint is not None:
+            raise ExerciseWrong(f"{name}: the output is wrong ({c['L']} layers). Likely bug: {hint}")
+        _first_failure(name, learner, probes, expected, STACK_GENERIC)
+    for ref in refs.values():
+        _inputs_and_gradients(name, runs[ref], g, c)
+        _empty_rows(name, runs[ref], ref, g, c)
+
+        def make_run(reference):
+            module = _instantiate(name, cls, reference, c["D"], c["H"], c["D_FF"], c["L"],
+                                  norm_first=reference.norm_first, parameters=STACK_PARAMETERS)
+            module.layers = reference.layers
+            return lambda *args: _call(name, module, *args)
+
+        _low_precision(name, make_run, ref, g, c)
+    ref, module = build(False, DROPOUT)
+    probe = probes[1].args
+    _require_dropout(name, module, ref, lambda m: _call(name, m, *_clones(probe)), samples=200,
+                     max_log_ratio=0.1)
+    _passed(name, f"{c['L']} layers in turn on the same memory and masks, a final LayerNorm for pre-LN "
+                  "only; every mask shape; empty rows finite; inputs unchanged, gradients flow; "
+                  "float16 and bfloat16; dropout only in training.")

@@ -1,9 +1,8 @@
-"""Checkers for chapter 01 (``scratchformer.scores``): dot-product and additive scores, pooling.
+"""Checkers for chapter 01 (``scratchformer.scores``): dot-product and additive scores, pooling."""
 
-Also the probe machinery the checkers of chapters 01-02 share (private helpers, ``_Probe`` and
-``_verdict``): every checker runs the learner's code on many probes (input ranks, mask shapes,
-dtypes), and names a bug only when that bug explains the output of every probe.
-"""
+# Also the probe machinery the checkers of chapters 01-02 share (private helpers, `_Probe` and
+# `_verdict`): every checker runs the learner's code on many probes (input ranks, mask shapes,
+# dtypes), and names a bug only when that bug explains the output of every probe.
 
 from __future__ import annotations
 
