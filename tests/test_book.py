@@ -188,3 +188,15 @@ def test_screenshot_of_chapter_02(chapter_02):
     screenshot(page.as_uri(), target)
     data = target.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 20000
+
+
+def test_a_missing_browser_skips_with_the_install_command_or_fails_in_ci(monkeypatch):
+    """No Chromium: skipped with the reason and the install command; under
+    SCRATCHFORMER_REQUIRE_BROWSER=1 (CI) a failure instead, so CI never skips silently."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("SCRATCHFORMER_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get update && apt-get install -y chromium"):
+        chromium()
+    monkeypatch.setenv("SCRATCHFORMER_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI must not skip them"):
+        chromium()
