@@ -89,8 +89,9 @@ def learner_version(chapter: Path) -> nbformat.NotebookNode:
         "> **Learner version.** Every exercise in this chapter is a stub marked "
         "`# YOUR CODE HERE`. Replace the `raise NotImplementedError` line with your code and run "
         "the check in the next cell; it says *passed*, *not attempted*, or *wrong* with a hint. "
-        "Run the cells in order: later cells use your earlier answers. Check the whole notebook "
-        f"with `scratchformer check {chapter.name[:2]}`."
+        "Once an exercise passes, later cells use your code; until then they use the package's "
+        "own version (the check says so in one line), so you can do the exercises in any order. "
+        f"Check the whole notebook with `scratchformer check {chapter.name[:2]}`."
     )
     learner.cells = cells
     return learner

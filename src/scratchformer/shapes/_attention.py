@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from scratchformer.shapes._tensors import (  # noqa: F401
+from scratchformer.shapes._tensors import (
     fmt,
     require_head_mask,
-    require_last_dims_match,
     require_mask,
     require_tensor,
 )
