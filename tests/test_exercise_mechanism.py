@@ -172,6 +172,9 @@ def test_a_check_leaves_the_callers_random_state_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    checks.padding_mask(padding_mask)
-    checks.masked_softmax(__import__("scratchformer.attention").attention.masked_softmax)
+    from scratchformer.encoder import FeedForward
+    from scratchformer.multihead import MultiHeadAttention
+
+    checks.feed_forward(FeedForward)             # these build modules on the global generator
+    checks.multi_head_attention(MultiHeadAttention)
     torch.testing.assert_close(torch.rand(3), expected)

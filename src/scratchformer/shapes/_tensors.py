@@ -53,19 +53,25 @@ def require_last_dims_match(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | 
         ) from None
 
 
+def _require_bool_mask(mask) -> None:
+    """A boolean tensor, True = may attend; the error says how to get one from what was given."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"mask must be a boolean torch.Tensor (True = may attend), got {type(mask).__name__}.")
+    if mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask must have dtype torch.bool with True = may attend, got {mask.dtype}. Build it with "
+            "a comparison such as `positions < lengths[:, None]`; for a 0/1 mask use mask.bool(); a "
+            "mask in nn.MultiheadAttention's convention (True = may NOT attend) must be inverted, "
+            "~mask. Additive float masks are not accepted."
+        )
+
+
 def require_mask(mask, scores_shape: torch.Size) -> None:
     """Check a boolean mask that must broadcast to ``scores_shape = (..., T, S)``.
 
     The convention everywhere in scratchformer: **True means "may attend"**.
     """
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"mask must be a boolean torch.Tensor, got {type(mask).__name__}.")
-    if mask.dtype != torch.bool:
-        raise ValueError(
-            f"mask must have dtype torch.bool (True = may attend), got {mask.dtype}. "
-            "Build it with a comparison such as `positions < lengths[:, None]`; for 0/1 tensors use "
-            "mask.bool()."
-        )
+    _require_bool_mask(mask)
     try:
         broadcast = torch.broadcast_shapes(mask.shape, scores_shape)
     except RuntimeError:
@@ -81,14 +87,7 @@ def require_mask(mask, scores_shape: torch.Size) -> None:
 def require_head_mask(mask, B: int, H: int, T: int, S: int) -> None:
     """Check a multi-head attention mask: boolean (True = may attend) of shape (T, S), (B, T, S)
     or (B, H, T, S), where any axis but the last (S) may be 1 (so (B, 1, S) is a key-padding mask)."""
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"mask must be a boolean torch.Tensor (True = may attend), got {type(mask).__name__}.")
-    if mask.dtype != torch.bool:
-        raise ValueError(
-            f"mask must have dtype torch.bool with True = may attend, got {mask.dtype}. For a 0/1 mask "
-            "use mask.bool(); a mask in nn.MultiheadAttention's convention (True = may NOT attend) "
-            "must be inverted, ~mask. Additive float masks are not accepted."
-        )
+    _require_bool_mask(mask)
     accepted = "(T, S) for every sequence and head, (B, T, S) or (B, 1, S) per sequence, (B, H, T, S) per head"
     expected = {2: (T, S), 3: (B, T, S), 4: (B, H, T, S)}.get(mask.dim())
     if expected is None or mask.size(-1) != S or any(m not in (1, e) for m, e in zip(mask.shape, expected)):
