@@ -178,3 +178,17 @@ def test_a_check_leaves_the_callers_random_state_alone():
     checks.feed_forward(FeedForward)             # these build modules on the global generator
     checks.multi_head_attention(MultiHeadAttention)
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_agreeing_bug_needs_every_probe_and_a_unique_match():
+    import torch
+
+    from scratchformer.checks._probes import agreeing_bug
+
+    a, b = torch.zeros(2), torch.ones(2)
+    assert agreeing_bug([(a, {"bug": a, "other": b}), (b, {"bug": b, "other": a})]) == "bug"
+    # one probe disagrees: no hint
+    assert agreeing_bug([(a, {"bug": a}), (b, {"bug": a})]) is None
+    # two hints agree everywhere: ambiguous, no hint
+    assert agreeing_bug([(1.0, {"x": 1.0, "y": 1.0})]) is None
+    assert agreeing_bug([]) is None

@@ -7,7 +7,8 @@
 * :func:`as_int` / :func:`as_pair` — equivalent return types are accepted;
 * :func:`distinct_ints` — configurations in which every field differs;
 * :func:`require_dropout_behaviour` — dropout: deterministic in eval, stochastic in train, with
-  the reference's expectation.
+  the reference's expectation;
+* :func:`agreeing_bug` — the one known bug that every probe agrees with, or None.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from scratchformer.checks._common import ExerciseWrong
 __all__ = [
     "LOW_PRECISION", "mask_variants", "require_dtype", "snapshot", "require_unchanged",
     "require_gradients", "as_int", "as_pair", "distinct_ints", "require_dropout_behaviour",
+    "agreeing_bug",
 ]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -175,3 +177,30 @@ def require_dropout_behaviour(name: str, learner: torch.nn.Module, reference: to
             "the kept values by 1/(1-p). "
             "Use the nn.Dropout modules of __init__."
         )
+
+
+def agreeing_bug(probes: Sequence[tuple[object, dict[str, object]]],
+                 same: Callable[[object, object], bool] | None = None) -> str | None:
+    """The hint of the one known bug that reproduces the learner's output at *every* probe.
+
+    ``probes`` holds, per probe, ``(learner_output, {hint: output of the buggy variant})``; every
+    probe names the same hints. ``same(a, b)`` compares two outputs (default: tensors or floats
+    equal to float tolerance). Returns None when no hint, or more than one, agrees everywhere:
+    a hint is never given on the strength of one coincidental number.
+    """
+    from scratchformer.checks._common import _close
+
+    def default_same(a, b) -> bool:
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            return _close(a, b)
+        try:
+            return abs(float(a) - float(b)) <= 1e-5 + 1e-4 * abs(float(b))
+        except (TypeError, ValueError):
+            return False
+
+    same = same or default_same
+    if not probes:
+        return None
+    hints = set(probes[0][1])
+    agreeing = [h for h in hints if all(same(out, variants[h]) for out, variants in probes)]
+    return agreeing[0] if len(agreeing) == 1 else None
