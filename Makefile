@@ -6,6 +6,7 @@
 #   make outputs    re-execute the chapter notebooks and save their outputs (commit them)
 #   make serve      serve _build/html on http://127.0.0.1:8000 (localhost only)
 #   make lab        JupyterLab on notebooks/ with the project's environment (installs it once)
+#   make bench      the training-step benchmark against nn.Transformer (benchmarks/README.md)
 # `book` and `test` create .venv and install the pinned environment on first use.
 
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 JOBS ?= 2
 
-.PHONY: book test export exercises outputs serve lab lint clean venv
+.PHONY: book test export exercises outputs serve lab lint clean venv bench
 
 venv: $(STAMP)
 
@@ -37,7 +38,7 @@ book: $(STAMP)
 # Unit, property and parity tests, the chapter notebooks under nbval (fast mode, one worker
 # thread each), exercise and sync checks, and the browser check of the built book.
 test: $(STAMP)
-	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff check src tests tools benchmarks
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
 		tests $(wildcard notebooks/[0-9][0-9]_*.ipynb)
 
@@ -51,7 +52,13 @@ outputs: $(STAMP)
 	cd tools && ../$(BIN)/python run_notebooks.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff check src tests tools benchmarks
+
+# One training step of our Transformer against nn.Transformer, at 1 and 2 threads: prints the
+# throughput ratio and writes benchmarks/results/train_step.json (a few minutes; run it on a
+# quiet machine). BENCH_ARGS=--quick for a smoke run.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_step.py $(BENCH_ARGS)
 
 # JupyterLab is not needed by `make test` or `make book`: installed on first `make lab` only,
 # constrained by requirements.txt so it never changes the tested environment.

@@ -38,6 +38,8 @@ class LayerNorm(nn.Module):
     Args:
         d_model: size D of the normalised (last) axis.
         eps: added to the variance (default 1e-5, as ``nn.LayerNorm``).
+        fused: compute with ``F.layer_norm``, PyTorch's kernel for the same
+            function (default); False: with :func:`layer_norm` above.
 
     Parameters ``weight`` (gamma, ones) and ``bias`` (beta, zeros), both
     (D,): the names of ``nn.LayerNorm``. ``forward(x (..., D)) -> (..., D)``:
@@ -45,10 +47,10 @@ class LayerNorm(nn.Module):
     in training and in eval mode.
     """
 
-    def __init__(self, d_model: int, eps: float = 1e-5):
+    def __init__(self, d_model: int, eps: float = 1e-5, fused: bool = True):
         super().__init__()
         require_norm_config(d_model, eps)
-        self.d_model, self.eps = d_model, float(eps)
+        self.d_model, self.eps, self.fused = d_model, float(eps), fused
         self.weight = nn.Parameter(torch.ones(d_model))     # gamma
         self.bias = nn.Parameter(torch.zeros(d_model))      # beta
 
@@ -56,7 +58,11 @@ class LayerNorm(nn.Module):
         require_features(self, x)                           # x: (..., D)
         dtype = torch.promote_types(x.dtype, torch.float32)   # >= float32
         weight, bias = self.weight.to(dtype), self.bias.to(dtype)
-        out = layer_norm(x.to(dtype), weight, bias, self.eps)
+        if self.fused:                    # the same function, one kernel
+            out = F.layer_norm(x.to(dtype), (self.d_model,), weight, bias,
+                               self.eps)
+        else:                             # the equations, one op at a time
+            out = layer_norm(x.to(dtype), weight, bias, self.eps)
         return out.to(x.dtype)                              # (..., D)
 
     def extra_repr(self) -> str:
