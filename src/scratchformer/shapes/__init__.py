@@ -6,12 +6,23 @@
 # `scratchformer.shapes`. (Module docstrings stay at most 3 lines: longer ones make
 # nbdev-export rewrite the package docstring in scratchformer/__init__.py.)
 
-from scratchformer.shapes import _attention, _layers, _model, _positions, _tensors
+from scratchformer.shapes import (
+    _attention,
+    _layers,
+    _losses,
+    _model,
+    _positions,
+    _schedules,
+    _tensors,
+)
 from scratchformer.shapes._attention import *  # noqa: F403
 from scratchformer.shapes._layers import *  # noqa: F403
+from scratchformer.shapes._losses import *  # noqa: F403
 from scratchformer.shapes._model import *  # noqa: F403
 from scratchformer.shapes._positions import *  # noqa: F403
+from scratchformer.shapes._schedules import *  # noqa: F403
 from scratchformer.shapes._tensors import *  # noqa: F403
 
-__all__ = [name for module in (_tensors, _attention, _positions, _layers, _model)
+__all__ = [name for module in (_tensors, _attention, _positions, _layers, _model,
+                               _schedules, _losses)
            for name in module.__all__]
