@@ -34,6 +34,7 @@ from scratchformer.checks import (
     positional,
     schedules,
     scores,
+    training,
 )
 from scratchformer.checks._common import ExerciseNotAttempted, ExerciseWrong
 from scratchformer.checks._exercise import REGISTRY, install_notebook_display
@@ -48,8 +49,9 @@ from scratchformer.checks.multihead import *  # noqa: F403  chapter 03
 from scratchformer.checks.positional import *  # noqa: F403  chapter 04
 from scratchformer.checks.schedules import *  # noqa: F403  chapter 11
 from scratchformer.checks.scores import *  # noqa: F403  chapter 01
+from scratchformer.checks.training import *  # noqa: F403  chapter 12
 
-_CHAPTER_MODULES = (scores, attention, multihead, positional, baselines, encoder, causal, decoder, model, losses, schedules)
+_CHAPTER_MODULES = (scores, attention, multihead, positional, baselines, encoder, causal, decoder, model, losses, schedules, training)
 __all__ = ["ExerciseNotAttempted", "ExerciseWrong", "REGISTRY"] + [name for m in _CHAPTER_MODULES for name in m.__all__]
 
 install_notebook_display()

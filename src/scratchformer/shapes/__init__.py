@@ -14,6 +14,7 @@ from scratchformer.shapes import (
     _positions,
     _schedules,
     _tensors,
+    _training,
 )
 from scratchformer.shapes._attention import *  # noqa: F403
 from scratchformer.shapes._layers import *  # noqa: F403
@@ -22,7 +23,8 @@ from scratchformer.shapes._model import *  # noqa: F403
 from scratchformer.shapes._positions import *  # noqa: F403
 from scratchformer.shapes._schedules import *  # noqa: F403
 from scratchformer.shapes._tensors import *  # noqa: F403
+from scratchformer.shapes._training import *  # noqa: F403
 
-__all__ = [name for module in (_tensors, _attention, _positions, _layers, _model,
+__all__ = [name for module in (_tensors, _attention, _positions, _layers, _model, _training,
                                _schedules, _losses)
            for name in module.__all__]

@@ -1,0 +1,191 @@
+"""Rotary against sinusoidal positions: one task, the same recipe otherwise.
+
+Trains the Transformer of ``training.RECIPES[task]`` with ``positional="sinusoidal"`` and
+with ``positional="rotary"`` (RoPE, Su et al., 2021: queries and keys rotated in every
+self-attention), for each of several seeds: for a seed, both runs share the data, the
+initial random state, the batches (``BatchStream``), the optimizer and schedule
+(``training.make_optimizer``) and the loss. Reports, per encoding, the held-out greedy exact
+match (``training.evaluate`` on the test split), the final training loss and the wall time,
+per seed and averaged: one seed alone cannot tell a difference of a few points from noise.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/positional_rope.py --threads 1
+    python benchmarks/positional_rope.py --fast      # a smoke run of a few seconds
+
+Output (``--out``, default ``benchmarks/results/positional_rope.json``)::
+
+    {
+      "benchmark": "positional_rope",
+      "task": "reverse",
+      "n_train": 5000, "n_test": 500, "seeds": [0, 1, 2],
+      "recipe": {...},                     # RECIPES[task] with the overrides used (steps,
+                                           # warmup <= steps / 5, ...), without "positional"
+      "runs": {
+        "sinusoidal": {
+          "exact_match": 0.97,             # held-out, greedy, in [0, 1]; mean over seeds
+          "token_accuracy": 0.99,          # held-out, teacher-forced, in [0, 1]; mean
+          "final_loss": 0.61,              # mean training loss of the last log window; mean
+          "seconds": 240.3,                # training + evaluation wall time, all seeds
+          "per_seed": {"exact_match": [...], "token_accuracy": [...],
+                       "final_loss": [...], "seconds": [...]},   # in the order of "seeds"
+          "parameters": 235520,
+          "history": [{"step": 50, "loss": 2.1}, {"step": 200, "loss": 1.2,
+                       "exact_match": 0.28}, ...]
+                                           # first seed: every log_every steps;
+                                           # "exact_match" (valid split) on evaluation steps
+        },
+        "rotary": {... the same keys ...}
+      },
+      "seconds": 510.2,                    # the whole run
+      "command": "OMP_NUM_THREADS=1 python benchmarks/positional_rope.py --threads 1",
+      "torch": "2.x", "threads": 1, "fast": false,
+      "load_average": [2.1, 2.0, 1.9],     # os.getloadavg() at the start
+      "load_average_end": [...],           # ... and at the end
+      "machine": "x86_64"                  # platform.machine()
+    }
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from scratchformer.data import TASKS, BatchStream, PairDataset, make_task
+from scratchformer.training import RECIPES, evaluate, fit, make_optimizer, model_from_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+POSITIONALS = ("sinusoidal", "rotary")
+
+
+def command_line() -> str:
+    """The command that made this output, with the thread variable if it was set."""
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ)
+    cmd = "python " + " ".join(shlex.quote(a) for a in [
+        os.path.relpath(sys.argv[0], ROOT) if Path(sys.argv[0]).exists() else sys.argv[0],
+        *sys.argv[1:]])
+    return f"{env} {cmd}".strip()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", default="reverse", choices=TASKS)
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps per run (default: the recipe's; --fast 30)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="training pairs (default: the recipe's; --fast 500)")
+    p.add_argument("--n-test", type=int, default=None, help="held-out pairs (default 500; --fast 100)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="validation exact match every N steps (default: the recipe's; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="number of seeds (data, initialisation, batch order); default 3, --fast 1")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--fast", action="store_true", help="a smoke run of a few seconds")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/positional_rope.json")
+    args = p.parse_args(argv)
+    recipe = dict(RECIPES[args.task])
+    args.steps = args.steps or (30 if args.fast else recipe["steps"])
+    args.n_train = args.n_train or (500 if args.fast else recipe["n_train"])
+    args.n_test = args.n_test or (100 if args.fast else 500)
+    args.seeds = args.seeds or (1 if args.fast else 3)
+    if args.eval_every is None:
+        args.eval_every = 0 if args.fast else recipe["eval_every"]
+    if min(args.steps, args.n_train, args.n_test, args.seeds) < 1 or args.eval_every < 0:
+        p.error("--steps, --n-train, --n-test and --seeds must be positive, --eval-every >= 0")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = command_line()
+    print(command, flush=True)
+    recipe = dict(RECIPES[args.task], steps=args.steps, n_train=args.n_train,
+                  eval_every=args.eval_every)
+    del recipe["positional"]  # the one thing that differs between the runs
+    recipe["warmup"] = min(recipe["warmup"], max(args.steps // 5, 1))
+    n_valid = 200 if args.eval_every else 0
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    began = time.perf_counter()
+    keys = ("exact_match", "token_accuracy", "final_loss", "seconds")
+    runs = {p: {"per_seed": {k: [] for k in keys}} for p in POSITIONALS}
+    bar = tqdm(total=len(seeds) * len(POSITIONALS) * args.steps, unit="step",
+               dynamic_ncols=True)
+    for seed in seeds:  # both encodings for a seed in turn: a load change hits both
+        data = make_task(args.task, args.n_train, n_valid=n_valid, n_test=args.n_test,
+                         seed=seed)
+        stream = BatchStream(PairDataset(data.train, data.src_vocab, data.tgt_vocab),
+                             recipe["batch_size"], seed=seed)
+        for positional in POSITIONALS:
+            bar.set_description(f"{positional} seed {seed}")
+            torch.manual_seed(seed)
+            model = model_from_recipe(dict(recipe, positional=positional),
+                                      len(data.src_vocab), len(data.tgt_vocab))
+            optimizer, scheduler = make_optimizer(model, recipe)
+            done = [0]
+
+            def advance(record, done=done):
+                bar.update(record["step"] - done[0])
+                bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+                done[0] = record["step"]
+
+            def on_valid(m, data=data):
+                return {"exact_match": evaluate(m, data.valid, data.src_vocab,
+                                                data.tgt_vocab)["exact_match"]}
+
+            tick = time.perf_counter()
+            history = fit(model, optimizer, scheduler,
+                          lambda step, s=stream: [s.batch(step)],
+                          steps=args.steps, epsilon=recipe["label_smoothing"],
+                          log_every=min(recipe["log_every"], args.steps),
+                          eval_every=args.eval_every,
+                          evaluate_fn=on_valid if args.eval_every else None,
+                          on_log=advance, progress=False)
+            scores = evaluate(model, data.test, data.src_vocab, data.tgt_vocab)
+            run = runs[positional]
+            for k, v in zip(keys, (scores["exact_match"], scores["token_accuracy"],
+                                   history[-1]["loss"], time.perf_counter() - tick)):
+                run["per_seed"][k].append(v)
+            run["parameters"] = sum(p.numel() for p in model.parameters())
+            if seed == seeds[0]:
+                run["history"] = [{k: r[k] for k in ("step", "loss", "exact_match") if k in r}
+                                  for r in history]
+            tqdm.write(f"{positional:10s} seed {seed}  exact match {scores['exact_match']:.3f}"
+                       f"  token acc {scores['token_accuracy']:.3f}  final loss "
+                       f"{history[-1]['loss']:.3f}  {run['per_seed']['seconds'][-1]:.0f} s")
+    for run in runs.values():
+        for k in keys:
+            values = run["per_seed"][k]
+            run[k] = sum(values) if k == "seconds" else sum(values) / len(values)
+    bar.close()
+    out = {
+        "benchmark": "positional_rope", "task": args.task, "n_train": args.n_train,
+        "n_test": args.n_test, "seeds": seeds, "recipe": recipe, "runs": runs,
+        "seconds": time.perf_counter() - began, "command": command,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "fast": args.fast,
+        "load_average": load,
+        "load_average_end": list(os.getloadavg()) if load else None,
+        "machine": platform.machine(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {os.path.relpath(args.out)} in {out['seconds']:.0f} s")
+    print(command)
+    return out
+
+
+if __name__ == "__main__":
+    main()
