@@ -1,10 +1,13 @@
-"""The ``scratchformer`` command: ``scratchformer check [NN] [-v]`` reports the exercises of the
-learner notebooks, one line per exercise, or a progress table over every chapter."""
+"""The ``scratchformer`` command: ``check [NN]`` reports the exercises of the learner notebooks;
+``train``, ``translate`` and ``evaluate`` train a model on a generated task and use it."""
 
 # `scratchformer check NN` runs the learner notebook of chapter NN top to bottom and prints one
 # line per exercise (passed / not attempted / wrong, with the hint), then a summary; it exits 0
 # only when every exercise passed and every other cell ran. `-v` shows nbval's full output
 # instead (`pytest --nbval-lax`). `scratchformer check` does the same for every chapter.
+# `scratchformer train|translate|evaluate` are thin wrappers around scratchformer.runs (imported
+# only when used, so `check` and `--help` start without torch). Every problem with the user's
+# input ends in exit code 2 and one line on stderr, without a traceback.
 # (Module docstrings stay at most 3 lines: longer ones make nbdev-export rewrite the package
 # docstring in __init__.py.)
 
@@ -14,12 +17,15 @@ import argparse
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["main", "find_exercise_notebook", "exercise_notebooks", "run_exercises"]
+__all__ = ["main", "find_exercise_notebook", "exercise_notebooks", "run_exercises", "train",
+           "translate", "evaluate"]
 
 CHECK_CALL = re.compile(r"^checks\.(\w+)\(", re.M)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -201,8 +207,142 @@ def _check_all(root: Path) -> int:
     return 0 if all_ok else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line on stderr (exit code 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+TRAIN_OPTIONS = [  # (option, type, help); None = the task's recipe (chapter 12) decides
+    ("--steps", int, "optimizer steps in all (with --resume: the step to continue to)"),
+    ("--batch-size", int, "sequences per step"),
+    ("--d-model", int, "model width D"),
+    ("--heads", int, "attention heads H (must divide --d-model)"),
+    ("--layers", int, "encoder layers = decoder layers"),
+    ("--d-ff", int, "hidden width of the feed-forward networks"),
+    ("--dropout", float, "dropout probability, in [0, 1)"),
+    ("--lr", float, "peak learning rate, reached after --warmup steps (Noam schedule)"),
+    ("--warmup", int, "warmup steps"),
+    ("--label-smoothing", float, "label smoothing epsilon, in [0, 1)"),
+    ("--n-train", int, "training pairs to generate"),
+    ("--max-len", int, "longest sequence (positions of --positional learned)"),
+    ("--seed", int, "seed of the data, the initial weights and dropout (default 0)"),
+    ("--threads", int, "CPU threads for torch (default: torch's, i.e. OMP_NUM_THREADS)"),
+    ("--log-every", int, "write a line to metrics.jsonl every N steps"),
+    ("--eval-every", int, "evaluate exact match and save a checkpoint every N steps (0: only at "
+     "the end)"),
+]
+
+
+def _runs():
+    from scratchformer import runs
+    return runs
+
+
+def _wrap(command):
+    """Turn the run module's RunError into a CLIError (one line, exit code 2)."""
+    def run(args: argparse.Namespace) -> int:
+        runs = _runs()
+        try:
+            return command(args, runs)
+        except runs.RunError as error:
+            raise CLIError(str(error)) from None
+    return run
+
+
+def train(args: argparse.Namespace, runs) -> int:
+    if args.resume is not None and args.out is not None:
+        raise CLIError("give --out DIR for a new run or --resume DIR to continue one, not both")
+    given = {key: getattr(args, key, None) for key in runs.OPTIONS}
+    summary = runs.train(args.task, given, out=args.out, resume=args.resume,
+                         progress=not args.no_progress, restore_sigint=False)
+    # The run is saved; from here to the exit, Ctrl-C is ignored (Python's shutdown would
+    # otherwise reset the handler and let a second Ctrl-C kill the process by signal).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return 130 if summary["interrupted"] else 0
+
+
+def translate(args: argparse.Namespace, runs) -> int:
+    run = runs.load_run(args.run_dir, device=args.device)
+    if args.show_attention:
+        runs.plot_attention(run, args.texts, args.show_attention)
+    for line in runs.translate_texts(run, args.texts):
+        print(line)
+    if args.show_attention:
+        print(f"cross-attention saved in {args.show_attention}", file=sys.stderr)
+    return 0
+
+
+def evaluate(args: argparse.Namespace, runs) -> int:
+    import json
+    run = runs.load_run(args.run_dir, device=args.device)
+    result = runs.evaluate_run(run, args.split)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"exact match {result['exact_match']:.2%}, token accuracy "
+              f"{result['token_accuracy']:.2%} on the {result['split']} split ({result['n']} "
+              f"pairs) of {result['task']}; run {result['run']} at step {result['step']}")
+    return 0
+
+
+def _add_run_commands(commands) -> None:
+    device_help = "auto (cuda if available), cpu or cuda (default: auto)"
+    p = commands.add_parser(
+        "train", help="train a Transformer on a generated task (a run directory)",
+        description="Train a Transformer on a generated task. Defaults: the task's recipe from "
+        "chapter 12; every option below overrides it. The run directory gets config.json, "
+        "vocab.json, model.safetensors, state.pt, metrics.jsonl and curves.png. Ctrl-C saves "
+        "a checkpoint and stops; --resume DIR --steps N continues it.")
+    p.add_argument("--task", default=None, help="copy, reverse, de2num or date")
+    for option, kind, text in TRAIN_OPTIONS:
+        p.add_argument(option, type=kind, default=None, metavar="N" if kind is int else "X",
+                       help=text)
+    p.add_argument("--positional", choices=("sinusoidal", "learned", "rotary"), default=None,
+                   help="position encoding")
+    p.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None,
+                   help="pre-LN (--norm-first) or post-LN (--no-norm-first)")
+    p.add_argument("--device", default=None, help=device_help)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="autocast precision (fp16: CUDA only, with a gradient scaler)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (for GPUs; on the CPU it compiles longer "
+                   "than these small runs train)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="new run directory (default: runs/TASK-DATE-TIME)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run in DIR up to --steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_wrap(train))
+
+    p = commands.add_parser("translate", help="translate texts with a trained run",
+                            description="Print the greedy translation of each TEXT, one per line.")
+    p.add_argument("--run", dest="run_dir", required=True, metavar="DIR",
+                   help="run directory (made by scratchformer train)")
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="source text(s)")
+    p.add_argument("--show-attention", default=None, metavar="PNG",
+                   help="save the cross-attention of each decoder layer (mean over heads) "
+                   "to this image: rows = predicted tokens, columns = source characters (the "
+                   "first 4 texts)")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.set_defaults(run=_wrap(translate))
+
+    p = commands.add_parser("evaluate", help="exact match and token accuracy of a trained run",
+                            description="Greedy exact match and teacher-forced token accuracy "
+                            "on a split of the run's task.")
+    p.add_argument("--run", dest="run_dir", required=True, metavar="DIR",
+                   help="run directory (made by scratchformer train)")
+    p.add_argument("--split", choices=("train", "valid", "test"), default="test",
+                   help="which split (default: test)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.set_defaults(run=_wrap(evaluate))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scratchformer", description="Transformer, Piece by Piece")
+    parser = _Parser(prog="scratchformer", description="Transformer, Piece by Piece")
     commands = parser.add_subparsers(dest="command", required=True)
     check_parser = commands.add_parser(
         "check", help="check the exercises of a learner notebook (all chapters if no number)")
@@ -212,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     check_parser.add_argument("-v", "--verbose", action="store_true",
                               help="show nbval's full output for one chapter instead of the summary")
     check_parser.set_defaults(run=check)
+    _add_run_commands(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
