@@ -51,20 +51,17 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import ROOT, command_line, fit_with_bar
 from torch import nn
 from tqdm.auto import tqdm
 
 from scratchformer.baselines import RNNEncoder
 from scratchformer.data import PAD_ID, BatchStream, PairDataset, make_task
-from scratchformer.training import RECIPES, evaluate, fit, make_optimizer, model_from_recipe
-
-ROOT = Path(__file__).resolve().parent.parent
+from scratchformer.training import RECIPES, evaluate, model_from_recipe
 
 
 class GRUSeq2Seq(nn.Module):
@@ -103,13 +100,6 @@ class GRUSeq2Seq(nn.Module):
         return self.generator(self.dropout(h))                           # (B, T, V)
 
 
-def command_line() -> str:
-    """The command that made this output, with the thread variable if it was set."""
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ)
-    cmd = "python " + " ".join(shlex.quote(a) for a in [
-        os.path.relpath(sys.argv[0], ROOT) if Path(sys.argv[0]).exists() else sys.argv[0],
-        *sys.argv[1:]])
-    return f"{env} {cmd}".strip()
 
 
 def parse_args(argv=None):
@@ -170,18 +160,9 @@ def main(argv=None) -> dict:
             bar.set_description(f"{name} n={size}")
             torch.manual_seed(args.seed)
             model = build(data)
-            optimizer, scheduler = make_optimizer(model, recipe)
-            done = [0]
-
-            def advance(record, done=done):
-                bar.update(record["step"] - done[0])
-                bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
-                done[0] = record["step"]
-
             tick = time.perf_counter()
-            history = fit(model, optimizer, scheduler, lambda step, s=stream: [s.batch(step)],
-                          steps=args.steps, epsilon=recipe["label_smoothing"],
-                          log_every=min(50, args.steps), on_log=advance, progress=False)
+            history = fit_with_bar(model, recipe, stream, bar, steps=args.steps,
+                                   log_every=min(50, args.steps))
             scores = evaluate(model, data.test, data.src_vocab, data.tgt_vocab)
             r = results[name]
             r["exact_match"].append(scores["exact_match"])

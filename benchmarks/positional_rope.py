@@ -52,28 +52,19 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import ROOT, command_line, fit_with_bar
 from tqdm.auto import tqdm
 
 from scratchformer.data import TASKS, BatchStream, PairDataset, make_task
-from scratchformer.training import RECIPES, evaluate, fit, make_optimizer, model_from_recipe
+from scratchformer.training import RECIPES, evaluate, model_from_recipe
 
-ROOT = Path(__file__).resolve().parent.parent
 POSITIONALS = ("sinusoidal", "rotary")
 
 
-def command_line() -> str:
-    """The command that made this output, with the thread variable if it was set."""
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ)
-    cmd = "python " + " ".join(shlex.quote(a) for a in [
-        os.path.relpath(sys.argv[0], ROOT) if Path(sys.argv[0]).exists() else sys.argv[0],
-        *sys.argv[1:]])
-    return f"{env} {cmd}".strip()
 
 
 def parse_args(argv=None):
@@ -134,26 +125,15 @@ def main(argv=None) -> dict:
             torch.manual_seed(seed)
             model = model_from_recipe(dict(recipe, positional=positional),
                                       len(data.src_vocab), len(data.tgt_vocab))
-            optimizer, scheduler = make_optimizer(model, recipe)
-            done = [0]
-
-            def advance(record, done=done):
-                bar.update(record["step"] - done[0])
-                bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
-                done[0] = record["step"]
-
             def on_valid(m, data=data):
                 return {"exact_match": evaluate(m, data.valid, data.src_vocab,
                                                 data.tgt_vocab)["exact_match"]}
 
             tick = time.perf_counter()
-            history = fit(model, optimizer, scheduler,
-                          lambda step, s=stream: [s.batch(step)],
-                          steps=args.steps, epsilon=recipe["label_smoothing"],
-                          log_every=min(recipe["log_every"], args.steps),
-                          eval_every=args.eval_every,
-                          evaluate_fn=on_valid if args.eval_every else None,
-                          on_log=advance, progress=False)
+            history = fit_with_bar(model, recipe, stream, bar, steps=args.steps,
+                                   log_every=min(recipe["log_every"], args.steps),
+                                   eval_every=args.eval_every,
+                                   evaluate_fn=on_valid if args.eval_every else None)
             scores = evaluate(model, data.test, data.src_vocab, data.tgt_vocab)
             run = runs[positional]
             for k, v in zip(keys, (scores["exact_match"], scores["token_accuracy"],

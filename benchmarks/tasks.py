@@ -53,13 +53,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import cpu_model
 
 from scratchformer.data import TASKS, BatchStream, PairDataset, make_task
 from scratchformer.training import RECIPES, evaluate, fit, make_optimizer, model_from_recipe
@@ -68,14 +68,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "tasks.json"
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -174,7 +166,7 @@ def main() -> int:
                                key=lambda kv: (order[kv[1].get("task", kv[0])], kv[0])))
     out.update({
         "seed": args.seed, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "cpu": _cpu(), "fast": args.fast,
+        "cpu": cpu_model(), "fast": args.fast,
         "command": " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?"),
                              "python", *map(shlex.quote, sys.argv)]),
         "load_average": {"start": load_start, "end": list(os.getloadavg())},

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
+from _common import cpu_model
 from torch import nn
 
 from scratchformer import interop
@@ -156,14 +157,6 @@ def measure(step, threads: int, min_run_time: float, label: str, clock: str = "w
     return timer.blocked_autorange(min_run_time=min_run_time)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load() -> list[float]:

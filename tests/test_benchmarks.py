@@ -17,6 +17,8 @@ TINY = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32", "--b
 
 
 def load_script():
+    if str(SCRIPT.parent) not in sys.path:     # the scripts import their shared _common module
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("train_step_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from checker_testing import fails_with
 from scratchformer import checks
 from scratchformer.checks import encoder as encoder_checks
 from scratchformer.encoder import EncoderLayer, FeedForward, layer_norm, residual
@@ -25,14 +26,6 @@ class StubFeedForward(FeedForward):
 class StubEncoderLayer(EncoderLayer):
     def forward(self, x, mask=None):
         raise NotImplementedError("Exercise 6.3: replace this line with your code")
-
-
-def fails_with(checker, implementation, hint):
-    """The checker rejects ``implementation`` and its message contains ``hint``."""
-    with pytest.raises(checks.ExerciseWrong) as error:
-        checker(implementation)
-    assert hint in str(error.value), str(error.value)
-    return str(error.value)
 
 
 # ---- references pass, stubs are not attempted --------------------------------------------------

@@ -9,20 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from checker_testing import fails_with
 from scratchformer import checks
 from scratchformer.losses import label_smoothed_loss, minimum_loss, smoothed_targets
 
 
 def stub(*args, **kwargs):
     raise NotImplementedError("Exercise: replace this line with your code")
-
-
-def fails_with(checker, implementation, hint):
-    """The checker rejects ``implementation`` and its message contains ``hint``."""
-    with pytest.raises(checks.ExerciseWrong) as error:
-        checker(implementation)
-    assert hint in str(error.value), str(error.value)
-    return str(error.value)
 
 
 # ---- references pass, stubs are not attempted ------------------------------------------------

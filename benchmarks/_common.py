@@ -1,0 +1,51 @@
+"""What the benchmark scripts share: the command line and the machine they record with their
+results, and the training run with a progress bar that the learning-curve scripts repeat."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+from scratchformer.training import fit, make_optimizer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def command_line() -> str:
+    """The command that made this output, with the thread variable if it was set."""
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ)
+    cmd = "python " + " ".join(shlex.quote(a) for a in [
+        os.path.relpath(sys.argv[0], ROOT) if Path(sys.argv[0]).exists() else sys.argv[0],
+        *sys.argv[1:]])
+    return f"{env} {cmd}".strip()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), or what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fit_with_bar(model, recipe: dict, stream, bar, *, steps: int, log_every: int,
+                 eval_every: int = 0, evaluate_fn=None):
+    """Train ``model`` with the recipe's optimizer and schedule on ``stream.batch(step)`` for
+    ``steps`` steps, advancing the shared tqdm ``bar``; returns ``fit``'s history."""
+    optimizer, scheduler = make_optimizer(model, recipe)
+    done = [0]
+
+    def advance(record):
+        bar.update(record["step"] - done[0])
+        bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+        done[0] = record["step"]
+
+    return fit(model, optimizer, scheduler, lambda step: [stream.batch(step)], steps=steps,
+               epsilon=recipe["label_smoothing"], log_every=log_every, eval_every=eval_every,
+               evaluate_fn=evaluate_fn, on_log=advance, progress=False)
