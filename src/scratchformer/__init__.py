@@ -13,9 +13,15 @@ Modules exported from the book's chapters (``notebooks/NN_slug.ipynb``):
 - ``scratchformer.causal`` (07): causal masks, a decoder-only block, a tiny language model.
 - ``scratchformer.decoder`` (08): ``DecoderLayer``, ``Decoder``.
 - ``scratchformer.model`` (09): ``TransformerConfig``, ``Transformer``.
+- ``scratchformer.losses`` (10): smoothed targets, ``label_smoothed_loss`` normalised by tokens.
+- ``scratchformer.schedules`` (11): ``noam_rate``, Noam and warmup + cosine ``LambdaLR`` schedules.
+- ``scratchformer.training`` (12): ``teacher_forcing``, ``train_step``, ``greedy_decode``,
+  ``evaluate``, ``fit`` (the training loop) and ``RECIPES``.
 
 Hand-written infrastructure: ``scratchformer.shapes`` (input validation),
-``scratchformer.checks`` (exercise checkers) and ``scratchformer.cli`` (the ``scratchformer`` command).
+``scratchformer.checks`` (exercise checkers), ``scratchformer.data`` (vocabularies, generated
+tasks, batches), ``scratchformer.runs`` (run directories, checkpoints, resume) and
+``scratchformer.cli`` (the ``scratchformer`` command).
 Boolean masks everywhere mean **True = may attend**.
 """
 
