@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 
 import torch
@@ -128,7 +129,8 @@ def _diagnose(name: str, what: str, actual, expected, candidates: dict[str, torc
 
 
 def _passed(name: str, detail: str) -> None:
-    print(f"✅ {name}: passed — {detail}")
+    """One ✅ line, wrapped at 80 columns so that it fits the book's output column."""
+    print(textwrap.fill(f"✅ {name}: passed — {detail}", width=80, subsequent_indent="   "))
 
 
 def _random_keep_mask(g: torch.Generator, *shape: int) -> torch.Tensor:
