@@ -49,3 +49,25 @@ def fit_with_bar(model, recipe: dict, stream, bar, *, steps: int, log_every: int
     return fit(model, optimizer, scheduler, lambda step: [stream.batch(step)], steps=steps,
                epsilon=recipe["label_smoothing"], log_every=log_every, eval_every=eval_every,
                evaluate_fn=evaluate_fn, on_log=advance, progress=False)
+
+
+def write_results(path: Path, result: dict, *, began: float, command: str, load, fast: bool) -> dict:
+    """Add the run's metadata (time since ``began``, command, torch, threads, load average at
+    the start and now, machine) to ``result``, write it as JSON to ``path`` and say so."""
+    import json
+    import time
+
+    import torch
+
+    result.update({
+        "seconds": time.perf_counter() - began, "command": command,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "fast": fast,
+        "load_average": load,
+        "load_average_end": list(os.getloadavg()) if load else None,
+        "machine": platform.machine(),
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {os.path.relpath(path)} in {result['seconds']:.0f} s")
+    print(command)
+    return result

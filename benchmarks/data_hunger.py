@@ -48,14 +48,12 @@ Output (``--out``, default ``benchmarks/results/data_hunger.json``)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, command_line, fit_with_bar
+from _common import ROOT, command_line, fit_with_bar, write_results
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -181,17 +179,9 @@ def main(argv=None) -> dict:
         "config": {"transformer": {k: v for k, v in recipe.items()
                                    if k not in ("n_train", "eval_every", "log_every")},
                    "gru": gru_config},
-        "seconds": time.perf_counter() - began, "command": command,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "fast": args.fast,
-        "load_average": load,
-        "load_average_end": list(os.getloadavg()) if load else None,
-        "machine": platform.machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {os.path.relpath(args.out)} in {out['seconds']:.0f} s")
-    print(command)
-    return out
+    return write_results(args.out, out, began=began, command=command, load=load,
+                         fast=args.fast)
 
 
 if __name__ == "__main__":

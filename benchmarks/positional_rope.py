@@ -49,14 +49,12 @@ Output (``--out``, default ``benchmarks/results/positional_rope.json``)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, command_line, fit_with_bar
+from _common import ROOT, command_line, fit_with_bar, write_results
 from tqdm.auto import tqdm
 
 from scratchformer.data import TASKS, BatchStream, PairDataset, make_task
@@ -154,17 +152,9 @@ def main(argv=None) -> dict:
     out = {
         "benchmark": "positional_rope", "task": args.task, "n_train": args.n_train,
         "n_test": args.n_test, "seeds": seeds, "recipe": recipe, "runs": runs,
-        "seconds": time.perf_counter() - began, "command": command,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "fast": args.fast,
-        "load_average": load,
-        "load_average_end": list(os.getloadavg()) if load else None,
-        "machine": platform.machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {os.path.relpath(args.out)} in {out['seconds']:.0f} s")
-    print(command)
-    return out
+    return write_results(args.out, out, began=began, command=command, load=load,
+                         fast=args.fast)
 
 
 if __name__ == "__main__":
