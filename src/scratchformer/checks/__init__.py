@@ -27,13 +27,16 @@ from scratchformer.checks import (
     baselines,
     causal,
     decoder,
+    decoding,
     encoder,
     losses,
+    metrics,
     model,
     multihead,
     positional,
     schedules,
     scores,
+    tips,
     training,
 )
 from scratchformer.checks._common import ExerciseNotAttempted, ExerciseWrong
@@ -42,16 +45,20 @@ from scratchformer.checks.attention import *  # noqa: F403  chapter 02
 from scratchformer.checks.baselines import *  # noqa: F403  chapter 05
 from scratchformer.checks.causal import *  # noqa: F403  chapter 07
 from scratchformer.checks.decoder import *  # noqa: F403  chapter 08
+from scratchformer.checks.decoding import *  # noqa: F403  chapter 13
 from scratchformer.checks.encoder import *  # noqa: F403  chapter 06
 from scratchformer.checks.losses import *  # noqa: F403  chapter 10
+from scratchformer.checks.metrics import *  # noqa: F403  chapter 14
 from scratchformer.checks.model import *  # noqa: F403  chapter 09
 from scratchformer.checks.multihead import *  # noqa: F403  chapter 03
 from scratchformer.checks.positional import *  # noqa: F403  chapter 04
 from scratchformer.checks.schedules import *  # noqa: F403  chapter 11
 from scratchformer.checks.scores import *  # noqa: F403  chapter 01
+from scratchformer.checks.tips import *  # noqa: F403  chapter 15
 from scratchformer.checks.training import *  # noqa: F403  chapter 12
 
-_CHAPTER_MODULES = (scores, attention, multihead, positional, baselines, encoder, causal, decoder, model, losses, schedules, training)
+_CHAPTER_MODULES = (scores, attention, multihead, positional, baselines, encoder, causal, decoder, model, losses, schedules, training,
+                    decoding, metrics, tips)
 __all__ = ["ExerciseNotAttempted", "ExerciseWrong", "REGISTRY"] + [name for m in _CHAPTER_MODULES for name in m.__all__]
 
 install_notebook_display()

@@ -8,23 +8,29 @@
 
 from scratchformer.shapes import (
     _attention,
+    _decoding,
     _layers,
     _losses,
+    _metrics,
     _model,
     _positions,
     _schedules,
     _tensors,
+    _tips,
     _training,
 )
 from scratchformer.shapes._attention import *  # noqa: F403
+from scratchformer.shapes._decoding import *  # noqa: F403
 from scratchformer.shapes._layers import *  # noqa: F403
 from scratchformer.shapes._losses import *  # noqa: F403
+from scratchformer.shapes._metrics import *  # noqa: F403
 from scratchformer.shapes._model import *  # noqa: F403
 from scratchformer.shapes._positions import *  # noqa: F403
 from scratchformer.shapes._schedules import *  # noqa: F403
 from scratchformer.shapes._tensors import *  # noqa: F403
+from scratchformer.shapes._tips import *  # noqa: F403
 from scratchformer.shapes._training import *  # noqa: F403
 
 __all__ = [name for module in (_tensors, _attention, _positions, _layers, _model, _training,
-                               _schedules, _losses)
+                               _schedules, _losses, _decoding, _metrics, _tips)
            for name in module.__all__]

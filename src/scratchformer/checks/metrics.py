@@ -1,0 +1,5 @@
+"""Checkers for chapter 14 (``scratchformer.metrics``)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
