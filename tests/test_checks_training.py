@@ -161,20 +161,22 @@ def _given(model, micro_batches, optimizer, precision, scaler, clip_norm):
 
 
 def make_step(order=("backward", "unscale", "clip", "step", "update", "sched", "zero"),
-              weights="share", grad_norm_after=False, scale_loss=True):
+              weights="share", grad_norm_after=False, scale_loss=True, use_loss_fn=True):
     """A learner's train_step with the operations in ``order`` and the micro-batch ``weights``."""
     def step(model, micro_batches, optimizer, scheduler=None, *, epsilon=0.1, clip_norm=1.0,
-             precision="fp32", scaler=None):
+             precision="fp32", scaler=None, loss_fn=None):
         scaler, counts, total, lr, max_norm = _given(model, micro_batches, optimizer, precision,
                                                      scaler, clip_norm)
+        if loss_fn is None or not use_loss_fn:
+            loss_fn = micro_batch_loss
         loss, grad_norm = 0.0, torch.tensor(0.0)
         for op in order:
             if op == "backward":
                 for (src, tgt), n in zip(micro_batches, counts):
                     w = {"share": n / total, "mean": 1 / len(micro_batches), "sum": 1.0,
                          "tokens": n}[weights]
-                    part = micro_batch_loss(model, src, tgt, epsilon=epsilon,
-                                            precision=precision) * w
+                    part = loss_fn(model, src, tgt, epsilon=epsilon,
+                                   precision=precision) * w
                     (scaler.scale(part) if scale_loss else part).backward()
                     loss = loss + part.detach()
             elif op == "unscale":
@@ -230,6 +232,7 @@ STEP_MUTANTS = {
         "clipped while still multiplied by the loss scale"),
     "grad-norm-after-clipping": (make_step(grad_norm_after=True), "It equals clip_norm"),
     "loss-not-scaled": (make_step(scale_loss=False), "your code raised AssertionError"),
+    "ignores-loss-fn": (make_step(use_loss_fn=False), "ignores its loss_fn argument"),
 }
 
 
@@ -254,12 +257,13 @@ def test_train_step_returning_nothing_is_named():
 
 
 def zero_grad_first(model, micro_batches, optimizer, scheduler=None, *, epsilon=0.1,
-                    clip_norm=1.0, precision="fp32", scaler=None):
+                    clip_norm=1.0, precision="fp32", scaler=None, loss_fn=None):
     """Clears the gradients at the start instead of the end: also right."""
     scaler, counts, total, lr, max_norm = _given(model, micro_batches, optimizer, precision,
                                                  scaler, clip_norm)
+    loss_fn = loss_fn or micro_batch_loss
     optimizer.zero_grad()
-    losses = [micro_batch_loss(model, s, t, epsilon=epsilon, precision=precision)
+    losses = [loss_fn(model, s, t, epsilon=epsilon, precision=precision)
               for s, t in micro_batches]
     loss = sum(l * n for l, n in zip(losses, counts)) / total     # one backward
     scaler.scale(loss).backward()
@@ -273,14 +277,15 @@ def zero_grad_first(model, micro_batches, optimizer, scheduler=None, *, epsilon=
 
 
 def manual_clip(model, micro_batches, optimizer, scheduler=None, *, epsilon=0.1, clip_norm=1.0,
-                precision="fp32", scaler=None):
+                precision="fp32", scaler=None, loss_fn=None):
     """Clipping written by hand, zero_grad(set_to_none=False), weights as a tensor."""
     scaler, counts, total, lr, max_norm = _given(model, micro_batches, optimizer, precision,
                                                  scaler, clip_norm)
+    loss_of = micro_batch_loss if loss_fn is None else loss_fn
     share = torch.tensor(counts, dtype=torch.float64) / total
     loss = 0.0
     for (src, tgt), w in zip(micro_batches, share):
-        part = micro_batch_loss(model, src, tgt, epsilon=epsilon, precision=precision) * float(w)
+        part = loss_of(model, src, tgt, epsilon=epsilon, precision=precision) * float(w)
         scaler.scale(part).backward()
         loss += part.item()
     scaler.unscale_(optimizer)

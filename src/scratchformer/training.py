@@ -96,7 +96,8 @@ def loss_scaler(precision: str, scaler=None):
 
 # %% ../../notebooks/12_training.ipynb #2e239504
 def train_step(model, micro_batches, optimizer, scheduler=None, *,
-               epsilon=0.1, clip_norm=1.0, precision="fp32", scaler=None):
+               epsilon=0.1, clip_norm=1.0, precision="fp32", scaler=None,
+               loss_fn=None):
     """One optimizer step on ``micro_batches``, a list of ``(src, tgt)``
     batches whose gradients are accumulated, on the model's device.
 
@@ -106,8 +107,11 @@ def train_step(model, micro_batches, optimizer, scheduler=None, *,
     (None: not clipped), the optimizer steps, then the scheduler (if any),
     and the gradients are cleared for the next step. ``precision``: "fp32",
     "bf16" or "fp16" (autocast); fp16 needs ``scaler``, a GradScaler.
-    Returns ``{"loss", "tokens", "grad_norm", "lr"}``: the step's loss, its
-    number of labels, the gradient norm before clipping, the rate used.
+    ``loss_fn(model, src, tgt, *, epsilon, precision)``: one micro-batch's
+    loss, the mean over its non-pad labels (default: ``micro_batch_loss``;
+    chapter 15 passes others). Returns ``{"loss", "tokens", "grad_norm",
+    "lr"}``: the step's loss, its number of labels, the gradient norm before
+    clipping, the rate used.
     """
     shapes.require_micro_batches(micro_batches)
     scaler = loss_scaler(precision, scaler)   # NoScaler for fp32 and bf16
@@ -115,10 +119,11 @@ def train_step(model, micro_batches, optimizer, scheduler=None, *,
     total = max(sum(counts), 1)
     lr = optimizer.param_groups[0]["lr"]      # the rate this step uses
     max_norm = math.inf if clip_norm is None else clip_norm
+    loss_fn = micro_batch_loss if loss_fn is None else loss_fn
     loss = 0.0
     for (src, tgt), n in zip(micro_batches, counts):
-        part = micro_batch_loss(model, src, tgt, epsilon=epsilon,
-                                precision=precision) * (n / total)
+        part = loss_fn(model, src, tgt, epsilon=epsilon,
+                       precision=precision) * (n / total)
         scaler.scale(part).backward()            # gradients add up
         loss = loss + part.detach()
     scaler.unscale_(optimizer)                   # true gradients, then clip
@@ -297,13 +302,14 @@ def fit(model, optimizer, scheduler, batch_at: Callable[[int], list], *,
         precision="fp32", scaler=None, log_every: int = 50,
         eval_every: int = 0, evaluate_fn: Callable | None = None,
         on_log: Callable[[dict], None] | None = None,
-        stop: Callable[[], bool] | None = None, progress: bool = True
-        ) -> History:
+        stop: Callable[[], bool] | None = None, progress: bool = True,
+        loss_fn: Callable | None = None) -> History:
     """Train: ``train_step(model, batch_at(step), ...)`` for step =
     start_step + 1 .. steps. Every ``log_every`` steps, every ``eval_every``
     steps (with ``evaluate_fn(model)``'s results) and at the last step, a
     record goes to the history and to ``on_log``. ``stop()`` is asked after
-    every step. A tqdm bar shows loss, tokens/s and the time left."""
+    every step. A tqdm bar shows loss, tokens/s and the time left.
+    ``loss_fn`` goes to train_step (None: ``micro_batch_loss``)."""
     shapes.require_fit_arguments(steps, start_step, log_every, eval_every,
                                  precision, evaluate_fn)
     if precision == "fp16" and scaler is None:
@@ -317,7 +323,8 @@ def fit(model, optimizer, scheduler, batch_at: Callable[[int], list], *,
             tick = time.perf_counter()
             out = train_step(model, batch_at(step), optimizer, scheduler,
                              epsilon=epsilon, clip_norm=clip_norm,
-                             precision=precision, scaler=scaler)
+                             precision=precision, scaler=scaler,
+                             loss_fn=loss_fn)
             bar.set_postfix(meter.add(out, time.perf_counter() - tick),
                             refresh=False)
             bar.update(1)

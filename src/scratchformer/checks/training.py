@@ -199,6 +199,13 @@ CLIP_SCALED = (
     "scale: call scaler.unscale_(optimizer) before clipping (scaler.step would unscale them "
     "only afterwards), so that the clipping threshold applies to the true gradients."
 )
+IGNORES_LOSS_FN = (
+    "the step ignores its loss_fn argument: given a loss_fn, the update is still that of "
+    "micro_batch_loss. Compute each micro-batch's loss with the loss_fn the step was given "
+    "(the line before the exercise sets it to micro_batch_loss when it is None), as "
+    "loss_fn(model, src, tgt, epsilon=epsilon, precision=precision); chapter 15 trains "
+    "through it."
+)
 
 # hint -> the switches of _variant_step reproducing the bug
 _STEP_BUGS: dict[str, dict] = {
@@ -211,15 +218,19 @@ _STEP_BUGS: dict[str, dict] = {
     UNWEIGHTED_SUM: dict(weights="sum"),
     NOT_NORMALISED: dict(weights="tokens"),
     CLIP_SCALED: dict(clip_scaled=True),
+    IGNORES_LOSS_FN: dict(ignore_loss_fn=True),
 }
 
 
 def _variant_step(model, micro_batches, optimizer, scheduler=None, *, epsilon=0.1,
                   clip_norm=1.0, precision="fp32", scaler=None, clear_before_step=False,
                   zero_grad=True, clip=True, scheduler_first=False, step_scheduler=True,
-                  weights="tokens/total", clip_scaled=False):
+                  weights="tokens/total", clip_scaled=False, loss_fn=None,
+                  ignore_loss_fn=False):
     """The reference training step with one known bug switched on (none: the reference)."""
     T = _training()
+    if loss_fn is None or ignore_loss_fn:
+        loss_fn = T.micro_batch_loss
     scaler = T.loss_scaler(precision, scaler)
     counts = [T.label_count(tgt, T.pad_id_of(model)) for _, tgt in micro_batches]
     total = max(sum(counts), 1)
@@ -229,7 +240,7 @@ def _variant_step(model, micro_batches, optimizer, scheduler=None, *, epsilon=0.
     for (src, tgt), n in zip(micro_batches, counts):
         w = {"tokens/total": n / total, "mean": 1 / len(micro_batches), "sum": 1.0,
              "tokens": float(n)}[weights]
-        part = T.micro_batch_loss(model, src, tgt, epsilon=epsilon, precision=precision) * w
+        part = loss_fn(model, src, tgt, epsilon=epsilon, precision=precision) * w
         scaler.scale(part).backward()
         loss = loss + part.detach()
     if clip_scaled:
@@ -259,10 +270,11 @@ class _Probe:
     copies and returns the parameter updates and the returned dicts."""
 
     def __init__(self, g: torch.Generator, *, optimizer: str, schedule: bool, clip: str,
-                 n_micro: int, calls: int = 2, precision: str = "fp32"):
+                 n_micro: int, calls: int = 2, precision: str = "fp32", loss_fn=None):
         from scratchformer.model import Transformer, TransformerConfig
 
         self.optimizer_kind, self.schedule, self.clip = optimizer, schedule, clip
+        self.loss_fn = loss_fn                   # None: the step's default loss
         self.calls, self.precision = calls, precision
         heads = _draw(g, 1, 2)
         self.config = TransformerConfig(
@@ -335,6 +347,8 @@ class _Probe:
             args = (model, [(s.clone(), t.clone()) for s, t in batches], optimizer, scheduler)
             options = dict(epsilon=self.epsilon, clip_norm=self.clip_norm,
                            precision=self.precision, scaler=scaler)
+            if self.loss_fn is not None:
+                options["loss_fn"] = self.loss_fn
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 out = _call(f"{name}(...)", step_fn, *args, **options) if learner else \
@@ -349,8 +363,15 @@ class _Probe:
         clip = "no clipping" if self.clip_norm is None else f"clip_norm={self.clip_norm:.3g}"
         sched = "a scheduler" if self.schedule else "no scheduler"
         kind = "SGD with momentum" if self.optimizer_kind == "momentum" else "SGD"
+        custom = ", a custom loss_fn" if self.loss_fn is not None else ""
         return (f"{kind}, {sched}, {clip}, {len(self.batches[0])} "
-                f"micro-batches, {self.precision}")
+                f"micro-batches, {self.precision}{custom}")
+
+
+def _doubled_loss(model, src, tgt, *, epsilon=0.1, precision="fp32"):
+    """A custom ``loss_fn``: twice the default loss, with the smoothing of the step's call."""
+    return 2.0 * _training().micro_batch_loss(model, src, tgt, epsilon=epsilon,
+                                              precision=precision)
 
 
 def _same_updates(a, b) -> bool:
@@ -395,18 +416,21 @@ def train_step(fn) -> None:
     probes = [_Probe(g, optimizer="sgd", schedule=True, clip="active", n_micro=2),
               _Probe(g, optimizer="sgd", schedule=True, clip="none", n_micro=3),
               _Probe(g, optimizer="momentum", schedule=True, clip="loose", n_micro=2),
-              _Probe(g, optimizer="sgd", schedule=False, clip="none", n_micro=1, calls=1)]
+              _Probe(g, optimizer="sgd", schedule=False, clip="none", n_micro=1, calls=1),
+              _Probe(g, optimizer="sgd", schedule=False, clip="none", n_micro=2, calls=1,
+                     loss_fn=_doubled_loss)]
     if _fp16_available():
         probes.append(_Probe(g, optimizer="sgd", schedule=True, clip="active", n_micro=2,
                              precision="fp16"))
     # fp32 first: a bug there is named before fp16 (with its GradScaler) can raise
-    observed = _require_same_steps(name, fn, probes[:4])
-    if len(probes) > 4:
-        _require_same_steps(name, fn, probes[4:], observed)
-    fp16 = " and fp16 with a GradScaler" if len(probes) > 4 else ""
+    observed = _require_same_steps(name, fn, probes[:5])
+    if len(probes) > 5:
+        _require_same_steps(name, fn, probes[5:], observed)
+    fp16 = " and fp16 with a GradScaler" if len(probes) > 5 else ""
     _passed(name, f"{len(probes)} settings (SGD with and without momentum, a rate that changes "
                   f"every step, clipping on and off, 1 to 3 micro-batches of unequal sizes, "
-                  f"fp32{fp16}), two calls each: the same updates and records as the reference.")
+                  f"fp32{fp16}, a custom loss_fn): the same updates and records as the "
+                  f"reference.")
 
 
 def _require_same_steps(name: str, fn, probes: list[_Probe], earlier: list | None = None
