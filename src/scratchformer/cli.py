@@ -265,7 +265,28 @@ def train(args: argparse.Namespace, runs) -> int:
 
 
 def translate(args: argparse.Namespace, runs) -> int:
+    runs.check_decoding(beam=args.beam, length_penalty=args.length_penalty, sample=args.sample,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        seed=args.seed)
+    if args.show_attention and (args.beam is not None or args.sample):
+        raise CLIError("--show-attention shows greedy decoding; leave out --beam and --sample")
     run = runs.load_run(args.run_dir, device=args.device)
+    if args.beam is not None:
+        alpha = 0.6 if args.length_penalty is None else args.length_penalty
+        for text, score in runs.beam_texts(run, args.texts, args.beam, alpha):
+            print(f"{text}\tscore {score:.4f} (beam {args.beam}, length penalty "
+                  f"alpha {alpha:g})")
+        return 0
+    if args.sample:
+        options = {"temperature": 1.0 if args.temperature is None else args.temperature,
+                   "top_k": args.top_k, "top_p": args.top_p,
+                   "seed": 0 if args.seed is None else args.seed}
+        for line in runs.sample_texts(run, args.texts, **options):
+            print(line)
+        print("sampled with " + ", ".join(f"{k.replace('_', '-')} {v:g}"
+                                          for k, v in options.items() if v is not None),
+              file=sys.stderr)
+        return 0
     if args.show_attention:
         runs.plot_attention(run, args.texts, args.show_attention)
     for line in runs.translate_texts(run, args.texts):
@@ -317,8 +338,12 @@ def _add_run_commands(commands) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_wrap(train))
 
-    p = commands.add_parser("translate", help="translate texts with a trained run",
-                            description="Print the greedy translation of each TEXT, one per line.")
+    p = commands.add_parser(
+        "translate", help="translate texts with a trained run",
+        description="Print the translation of each TEXT, one per line: greedy decoding by "
+        "default; --beam N prints beam search's best output and its score (log-probability "
+        "over GNMT's length penalty ((5 + |y|) / 6) ** alpha); --sample draws one output at "
+        "random (reproducible with --seed).")
     p.add_argument("--run", dest="run_dir", required=True, metavar="DIR",
                    help="run directory (made by scratchformer train)")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="source text(s)")
@@ -326,6 +351,22 @@ def _add_run_commands(commands) -> None:
                    help="save the cross-attention of each decoder layer (mean over heads) "
                    "to this image: rows = predicted tokens, columns = source characters (the "
                    "first 4 texts)")
+    p.add_argument("--beam", type=int, default=None, metavar="N",
+                   help="beam search with N hypotheses (1: greedy)")
+    p.add_argument("--length-penalty", type=float, default=None, metavar="A",
+                   help="with --beam: GNMT's alpha, score = log p / ((5 + |y|) / 6) ** A "
+                   "(default 0.6; 0: the plain log-probability)")
+    p.add_argument("--sample", action="store_true",
+                   help="draw each output at random instead (with the options below)")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="with --sample: divide the logits by T > 0 (default 1)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="with --sample: draw among the K most probable tokens only")
+    p.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="with --sample: draw among the most probable tokens that together "
+                   "have probability >= P, in (0, 1] (nucleus sampling)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="with --sample: the random seed (default 0)")
     p.add_argument("--device", default="auto", help=device_help)
     p.set_defaults(run=_wrap(translate))
 

@@ -36,7 +36,8 @@ import torch
 __all__ = ["RunError", "Run", "OPTIONS", "task_defaults", "resolve_options",
            "check_options", "resolve_device", "build_model", "save_weights", "load_weights",
            "save_state", "load_state", "read_metrics", "plot_curves", "train", "load_run",
-           "translate_texts", "plot_attention", "evaluate_run"]
+           "translate_texts", "check_decoding", "beam_texts", "sample_texts",
+           "plot_attention", "evaluate_run"]
 
 CONFIG, VOCAB, MODEL, STATE = "config.json", "vocab.json", "model.safetensors", "state.pt"
 METRICS, CURVES = "metrics.jsonl", "curves.png"
@@ -732,6 +733,88 @@ def translate_texts(run: Run, texts: list[str]) -> list[str]:
     limit = _decode_limit(run, texts)
     return training.translate(run.model, list(texts), run.src_vocab, run.tgt_vocab,
                               max_len=limit)
+
+
+def check_decoding(*, beam: int | None = None, length_penalty: float | None = None,
+                   sample: bool = False, temperature: float | None = None,
+                   top_k: int | None = None, top_p: float | None = None,
+                   seed: int | None = None) -> None:
+    """RunError (one line, naming the option) unless the decoding options of ``scratchformer
+    translate`` make sense: ``beam`` >= 1, ``length_penalty`` >= 0 and only with ``beam``;
+    ``temperature`` > 0, ``top_k`` >= 1, ``top_p`` in (0, 1] and ``seed`` >= 0 only with
+    ``sample``; never ``beam`` and ``sample`` together. None = not given."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if beam is not None and sample:
+        raise RunError("--beam and --sample exclude each other: beam search keeps the most "
+                       "probable outputs, sampling draws them at random; choose one")
+    if beam is not None and not (integer(beam) and beam >= 1):
+        raise RunError(f"--beam must be a positive integer (the number of hypotheses kept; "
+                       f"1 is greedy decoding), got {beam!r}")
+    if length_penalty is not None:
+        if beam is None:
+            raise RunError("--length-penalty applies to beam search only: add --beam N")
+        if not (number(length_penalty) and length_penalty >= 0):
+            raise RunError(f"--length-penalty must be a number >= 0 (GNMT's alpha; 0: no "
+                           f"normalisation), got {length_penalty!r}")
+    given = [(flag, value) for flag, value in (("--temperature", temperature),
+                                               ("--top-k", top_k), ("--top-p", top_p),
+                                               ("--seed", seed)) if value is not None]
+    if given and not sample:
+        raise RunError(f"{given[0][0]} applies to sampling only: add --sample")
+    if temperature is not None and not (number(temperature) and temperature > 0):
+        raise RunError(f"--temperature must be a number > 0, got {temperature!r}")
+    if top_k is not None and not (integer(top_k) and top_k >= 1):
+        raise RunError(f"--top-k must be a positive integer (the most probable tokens kept), "
+                       f"got {top_k!r}")
+    if top_p is not None and not (number(top_p) and 0 < top_p <= 1):
+        raise RunError(f"--top-p must be in (0, 1] (the probability mass kept), got {top_p!r}")
+    if seed is not None and not (integer(seed) and seed >= 0):
+        raise RunError(f"--seed must be an integer >= 0, got {seed!r}")
+
+
+def _source_batch(run: Run, texts: list[str]) -> torch.Tensor:
+    """The texts as one right-padded batch of source ids ``(B, S)`` on the run's device."""
+    from torch.nn.utils.rnn import pad_sequence
+    rows = [torch.tensor(run.src_vocab.encode(text, eos=True)) for text in texts]
+    return pad_sequence(rows, batch_first=True, padding_value=run.src_vocab.pad_id).to(run.device)
+
+
+def beam_texts(run: Run, texts: list[str], beam_size: int, length_penalty: float = 0.6
+               ) -> list[tuple[str, float]]:
+    """The best beam-search output of each text and its score: the sum of the log-probabilities
+    divided by GNMT's length penalty ((5 + |y|) / 6) ** length_penalty, |y| counting </s>
+    (chapter 13). All texts and beams are decoded as one batch."""
+    from scratchformer import decoding
+    check_decoding(beam=beam_size, length_penalty=length_penalty)
+    texts = list(texts)
+    limit = _decode_limit(run, texts)
+    best = decoding.beam_search(run.model, _source_batch(run, texts), beam_size, limit,
+                                bos_id=run.tgt_vocab.bos_id, eos_id=run.tgt_vocab.eos_id,
+                                length_penalty=length_penalty)
+    return [(run.tgt_vocab.decode(tokens.tolist()), float(score)) for tokens, score in best]
+
+
+def sample_texts(run: Run, texts: list[str], temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int = 0) -> list[str]:
+    """One sampled output per text (chapter 13's ``sample``: temperature, then top-k, then
+    top-p), drawn with a generator seeded with ``seed``: the same seed gives the same outputs
+    on the same device."""
+    from scratchformer import decoding
+    check_decoding(sample=True, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    texts = list(texts)
+    limit = _decode_limit(run, texts)
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    out = decoding.sample(run.model, _source_batch(run, texts), limit,
+                          bos_id=run.tgt_vocab.bos_id, eos_id=run.tgt_vocab.eos_id,
+                          temperature=temperature, top_k=top_k, top_p=top_p,
+                          generator=generator)
+    return [run.tgt_vocab.decode(row.tolist()) for row in out.cpu()]
 
 
 def plot_attention(run: Run, texts: list[str], path: str | Path) -> list[str]:
