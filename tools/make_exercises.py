@@ -7,6 +7,8 @@ For every chapter notebook, the learner version is the same chapter with
   reports *not attempted* until the learner writes code;
 * outputs and execution counts cleared, and nbdev directives (``#| ...``) removed;
 * the ``hide-input`` tag removed from exercise cells, so the stub is visible in the book;
+* MyST target labels (a line ``(name)=``) removed from markdown cells: the book renders both
+  versions, and a label may be defined once; a ``{ref}`` to it leads to the chapter;
 * a title that says it is the exercise version, and a short note on how to check it.
 
 ``--check`` writes nothing and exits 1 if a committed learner notebook differs from what would
@@ -27,6 +29,7 @@ import nbtools
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 DIRECTIVE = re.compile(r"^#\|.*$")
+LABEL = re.compile(r"^\([\w.:-]+\)=\s*$")
 STUB = 'raise NotImplementedError("Exercise {number}: write your code here")'
 
 
@@ -81,6 +84,9 @@ def learner_version(chapter: Path) -> nbformat.NotebookNode:
             cell.source = source
             cell.outputs = []
             cell.execution_count = None
+        elif cell.cell_type == "markdown":
+            lines = [line for line in cell.source.splitlines() if not LABEL.match(line)]
+            cell.source = "\n".join(lines).strip("\n")
         cells.append(cell)
     title = cells[0]
     first, _, rest = title.source.partition("\n")

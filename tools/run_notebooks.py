@@ -3,6 +3,11 @@
 Chapters are committed WITH outputs (Colab opens the committed file), so after editing a
 chapter run ``make outputs`` (or ``python tools/run_notebooks.py notebooks/02_*.ipynb``).
 Prints each notebook's wall time; fails if any notebook takes longer than the 2-minute budget.
+
+The stored outputs are made with torch's default number of threads, as ``make book`` runs
+them: training results depend (slightly) on the thread count, and the prose quotes the
+numbers the built book shows. So ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` are ignored when
+saving outputs (``--fast`` keeps them).
 """
 
 from __future__ import annotations
@@ -20,9 +25,14 @@ import nbtools
 BUDGET_SECONDS = 120
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def execute(path: Path, fast: bool = False) -> float:
     nb = nbtools.read(path)
     env_fast = os.environ.pop("SCRATCHFORMER_FAST", None)
+    threads = {} if fast else {k: os.environ.pop(k) for k in THREAD_VARIABLES
+                               if k in os.environ}
     if fast:
         os.environ["SCRATCHFORMER_FAST"] = "1"
     try:
@@ -34,6 +44,7 @@ def execute(path: Path, fast: bool = False) -> float:
         os.environ.pop("SCRATCHFORMER_FAST", None)
         if env_fast is not None:
             os.environ["SCRATCHFORMER_FAST"] = env_fast
+        os.environ.update(threads)
     if not fast:
         nbtools.write(nb, path)
     return seconds
