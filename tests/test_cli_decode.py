@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchformer import cli, decoding, runs
+from cli_testing import main, scratchformer
+from scratchformer import decoding, runs
 
 # A model small enough to train in a few seconds on one thread (as in test_cli_train.py).
 TINY = ["--task", "copy", "--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32",
@@ -21,23 +21,6 @@ TINY = ["--task", "copy", "--d-model", "16", "--heads", "2", "--layers", "1", "-
 TEXTS = ["abc", "jihgf", "deed", "a"]
 LINE = re.compile(r"^(?P<text>[a-j]*)\tscore (?P<score>-?\d+\.\d{4}) \(beam (?P<beam>\d+), "
                   r"length penalty alpha (?P<alpha>[\d.]+)\)$")
-
-
-def main(*args) -> int:
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        return cli.main([str(a) for a in args])
-    except SystemExit as exit_:            # argparse's usage errors
-        return exit_.code
-    finally:
-        signal.signal(signal.SIGINT, handler)
-
-
-def scratchformer(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(*args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

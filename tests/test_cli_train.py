@@ -15,33 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchformer import cli, runs
+from cli_testing import main, scratchformer
+from scratchformer import runs
 
 SRC = Path(runs.__file__).parent
 # A model small enough that every run below takes about a second on one thread.
 TINY = ["--task", "copy", "--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32",
         "--n-train", "200", "--batch-size", "8", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def main(*args) -> int:
-    """The command in this process; the Ctrl-C handler it leaves (it ignores Ctrl-C until the
-    program exits) is undone."""
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        return cli.main([str(a) for a in args])
-    except SystemExit as exit_:            # argparse's usage errors
-        return exit_.code
-    finally:
-        signal.signal(signal.SIGINT, handler)
-
-
-def scratchformer(capsys, *args) -> tuple[int, str, str]:
-    """Run the command in this process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = main(*args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def metrics(run: Path) -> list[dict]:
