@@ -4,10 +4,10 @@ Chapters are committed WITH outputs (Colab opens the committed file), so after e
 chapter run ``make outputs`` (or ``python tools/run_notebooks.py notebooks/02_*.ipynb``).
 Prints each notebook's wall time; fails if any notebook takes longer than the 2-minute budget.
 
-The stored outputs are made with torch's default number of threads, as ``make book`` runs
-them: training results depend (slightly) on the thread count, and the prose quotes the
-numbers the built book shows. So ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` are ignored when
-saving outputs (``--fast`` keeps them).
+The stored outputs are made with ONE thread (``OMP_NUM_THREADS=1``), as ``make book`` runs
+them: a training run's result depends on the thread count (the sums are split differently,
+and small differences grow over hundreds of steps), and the prose quotes the numbers the built
+book shows, so both must use the same count; one is what every machine has.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import nbtools
 BUDGET_SECONDS = 120
 
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}   # as `make book` (Makefile)
 
 
 def execute(path: Path, fast: bool = False) -> float:
     nb = nbtools.read(path)
     env_fast = os.environ.pop("SCRATCHFORMER_FAST", None)
-    threads = {} if fast else {k: os.environ.pop(k) for k in THREAD_VARIABLES
-                               if k in os.environ}
+    saved = {k: os.environ.get(k) for k in THREADS}
+    os.environ.update(THREADS)
     if fast:
         os.environ["SCRATCHFORMER_FAST"] = "1"
     try:
@@ -44,7 +44,11 @@ def execute(path: Path, fast: bool = False) -> float:
         os.environ.pop("SCRATCHFORMER_FAST", None)
         if env_fast is not None:
             os.environ["SCRATCHFORMER_FAST"] = env_fast
-        os.environ.update(threads)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     if not fast:
         nbtools.write(nb, path)
     return seconds
