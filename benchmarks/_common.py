@@ -23,6 +23,18 @@ def command_line() -> str:
     return f"{env} {cmd}".strip()
 
 
+def begin_run(threads: int | None) -> str:
+    """Set torch's thread count (None: leave it) and print and return the command line, which
+    every results file records."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    command = command_line()
+    print(command, flush=True)
+    return command
+
+
 def cpu_model() -> str:
     """The CPU's model name (Linux), or what ``platform`` knows."""
     try:

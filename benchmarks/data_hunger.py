@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, command_line, fit_with_bar, write_results
+from _common import ROOT, begin_run, fit_with_bar, write_results
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -130,10 +130,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = command_line()
-    print(command, flush=True)
+    command = begin_run(args.threads)
     recipe = dict(RECIPES[args.task], batch_size=args.batch_size, steps=args.steps)
     recipe["warmup"] = min(recipe["warmup"], max(args.steps // 5, 1))
     gru_config = {"d_model": args.gru_d_model, "dropout": recipe["dropout"], "n_layers": 1,

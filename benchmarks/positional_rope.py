@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, command_line, fit_with_bar, write_results
+from _common import ROOT, begin_run, fit_with_bar, write_results
 from tqdm.auto import tqdm
 
 from scratchformer.data import TASKS, BatchStream, PairDataset, make_task
@@ -97,10 +97,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = command_line()
-    print(command, flush=True)
+    command = begin_run(args.threads)
     recipe = dict(RECIPES[args.task], steps=args.steps, n_train=args.n_train,
                   eval_every=args.eval_every)
     del recipe["positional"]  # the one thing that differs between the runs

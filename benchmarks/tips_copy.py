@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, command_line, write_results
+from _common import ROOT, begin_run, write_results
 
 from scratchformer import tips
 from scratchformer.model import Transformer, TransformerConfig
@@ -71,10 +71,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = command_line()
-    print(command, flush=True)
+    command = begin_run(args.threads)
     task = tips.make_template_task(args.n_train, seed=0)
     vocab = tips.WordVocab([f"{s} {t}" for s, t in task.train], args.min_count)
     train = tips.encode_pairs(task.train, vocab)

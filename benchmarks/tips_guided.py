@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, command_line, write_results
+from _common import ROOT, begin_run, write_results
 
 from scratchformer import tips
 from scratchformer.data import BatchStream, PairDataset, collate, make_task
@@ -110,10 +110,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = command_line()
-    print(command, flush=True)
+    command = begin_run(args.threads)
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     began = time.perf_counter()
     tasks = {}

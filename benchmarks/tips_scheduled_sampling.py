@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, command_line, write_results
+from _common import ROOT, begin_run, write_results
 from tqdm.auto import tqdm
 
 from scratchformer import tips
@@ -105,10 +105,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = command_line()
-    print(command, flush=True)
+    command = begin_run(args.threads)
     recipe = dict(RECIPES[args.task], steps=args.steps, max_len=args.max_len + 4)
     recipe["warmup"] = min(recipe["warmup"], max(args.steps // 5, 1))
     k = k_for_midpoint(args.midpoint * args.steps)

@@ -130,3 +130,18 @@ def test_stubs_state_the_contract_never_the_answer(chapter):
 def test_the_answer_leak_check_bites():
     assert _code_lines("    scores = q @ k.transpose(-2, -1) / d  # (B, T, S)\n    return out") == {
         "scores = q @ k.transpose(-2, -1) / d"}
+
+
+def test_learner_notebooks_define_no_section_labels():
+    """The book renders the chapters and the learner notebooks; a MyST label ``(name)=`` defined
+    in both would be a duplicate (a build warning, an error under -W). Chapter 14 defines one."""
+    labelled = [p for p in CHAPTERS if any(make_exercises.LABEL.match(line)
+                                           for c in nbtools.read(p).cells
+                                           if c.cell_type == "markdown"
+                                           for line in c.source.splitlines())]
+    assert labelled, "no chapter defines a label: this test checks nothing"
+    for chapter in labelled:
+        learner = make_exercises.learner_version(chapter)
+        lines = [line for c in learner.cells if c.cell_type == "markdown"
+                 for line in c.source.splitlines()]
+        assert not any(make_exercises.LABEL.match(line) for line in lines), chapter.name
