@@ -38,6 +38,7 @@ from scratchformer.checks import (
     scores,
     tips,
     training,
+    translation,
 )
 from scratchformer.checks._common import ExerciseNotAttempted, ExerciseWrong
 from scratchformer.checks._exercise import REGISTRY, install_notebook_display
@@ -56,9 +57,10 @@ from scratchformer.checks.schedules import *  # noqa: F403  chapter 11
 from scratchformer.checks.scores import *  # noqa: F403  chapter 01
 from scratchformer.checks.tips import *  # noqa: F403  chapter 15
 from scratchformer.checks.training import *  # noqa: F403  chapter 12
+from scratchformer.checks.translation import *  # noqa: F403  chapter 16
 
 _CHAPTER_MODULES = (scores, attention, multihead, positional, baselines, encoder, causal, decoder, model, losses, schedules, training,
-                    decoding, metrics, tips)
+                    decoding, metrics, tips, translation)
 __all__ = ["ExerciseNotAttempted", "ExerciseWrong", "REGISTRY"] + [name for m in _CHAPTER_MODULES for name in m.__all__]
 
 install_notebook_display()

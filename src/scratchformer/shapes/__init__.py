@@ -18,6 +18,7 @@ from scratchformer.shapes import (
     _tensors,
     _tips,
     _training,
+    _translation,
 )
 from scratchformer.shapes._attention import *  # noqa: F403
 from scratchformer.shapes._decoding import *  # noqa: F403
@@ -30,7 +31,8 @@ from scratchformer.shapes._schedules import *  # noqa: F403
 from scratchformer.shapes._tensors import *  # noqa: F403
 from scratchformer.shapes._tips import *  # noqa: F403
 from scratchformer.shapes._training import *  # noqa: F403
+from scratchformer.shapes._translation import *  # noqa: F403
 
 __all__ = [name for module in (_tensors, _attention, _positions, _layers, _model, _training,
-                               _schedules, _losses, _decoding, _metrics, _tips)
+                               _schedules, _losses, _decoding, _metrics, _tips, _translation)
            for name in module.__all__]
