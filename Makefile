@@ -16,6 +16,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
+# Where pip finds torch; empty = the configured index. On GitHub's runners the workflows pass
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu, as PyPI's Linux torch is the CUDA build.
+TORCH_INDEX ?=
 JOBS ?= 2
 
 .PHONY: book test export exercises outputs serve lab lint clean venv bench
@@ -26,7 +29,7 @@ venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
