@@ -152,7 +152,8 @@ def main() -> int:
     result = {
         "command": " ".join(["python", "benchmarks/warmup_experiment.py", *sys.argv[1:]]),
         "config": config, "task": "reverse", "optimizer": "Adam(betas=(0.9, 0.98), eps=1e-9)",
-        "torch": torch.__version__, "machine": platform.machine(), "seconds": round(seconds),
+        "torch": torch.__version__, "machine": platform.machine(),
+        "threads": torch.get_num_threads(), "seconds": round(seconds),
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -98,10 +98,14 @@ def test_decode_quick_run_writes_every_field_and_the_plot(tmp_path):
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-# The experiment scripts chapters 14 and 15 read: each smoke run (--fast, seconds) trains, writes
-# its JSON with the command that made it, and exits 0. What a full run measures is in the JSON
-# the chapters load; no number is asserted here.
+# The experiment scripts chapters 11, 12, 14 and 15 read: each smoke run (--fast, seconds) trains,
+# writes its JSON with the command that made it, and exits 0. What a full run measures is in the
+# JSON the chapters load; no number is asserted here.
 EXPERIMENTS = {
+    "warmup_experiment.py": ["--quick"],
+    "tasks.py": ["--fast"],
+    "data_hunger.py": ["--fast"],
+    "positional_rope.py": ["--fast"],
     "tips_scheduled_sampling.py": ["--fast"],
     "tips_copy.py": ["--fast"],
     "tips_guided.py": ["--fast"],
