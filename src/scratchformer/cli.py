@@ -1,5 +1,6 @@
 """The ``scratchformer`` command: ``check [NN]`` reports the exercises of the learner notebooks;
-``train``, ``translate`` and ``evaluate`` train a model on a generated task and use it."""
+``train``, ``translate`` and ``evaluate`` train a model on a generated task or Multi30k (also
+data-parallel under torchrun) and use it."""
 
 # `scratchformer check NN` runs the learner notebook of chapter NN top to bottom and prints one
 # line per exercise (passed / not attempted / wrong, with the hint), then a summary; it exits 0
@@ -216,7 +217,8 @@ class _Parser(argparse.ArgumentParser):
 
 TRAIN_OPTIONS = [  # (option, type, help); None = the task's recipe (chapter 12) decides
     ("--steps", int, "optimizer steps in all (with --resume: the step to continue to)"),
-    ("--batch-size", int, "sequences per step"),
+    ("--batch-size", int, "sequences per step (with --distributed: of all processes "
+     "together)"),
     ("--d-model", int, "model width D"),
     ("--heads", int, "attention heads H (must divide --d-model)"),
     ("--layers", int, "encoder layers = decoder layers"),
@@ -225,7 +227,7 @@ TRAIN_OPTIONS = [  # (option, type, help); None = the task's recipe (chapter 12)
     ("--lr", float, "peak learning rate, reached after --warmup steps (Noam schedule)"),
     ("--warmup", int, "warmup steps"),
     ("--label-smoothing", float, "label smoothing epsilon, in [0, 1)"),
-    ("--n-train", int, "training pairs to generate"),
+    ("--n-train", int, "training pairs to generate (multi30k: the first N pairs)"),
     ("--max-len", int, "longest sequence (positions of --positional learned)"),
     ("--seed", int, "seed of the data, the initial weights and dropout (default 0)"),
     ("--threads", int, "CPU threads for torch (default: torch's, i.e. OMP_NUM_THREADS)"),
@@ -255,8 +257,24 @@ def train(args: argparse.Namespace, runs) -> int:
     if args.resume is not None and args.out is not None:
         raise CLIError("give --out DIR for a new run or --resume DIR to continue one, not both")
     given = {key: getattr(args, key, None) for key in runs.OPTIONS}
-    summary = runs.train(args.task, given, out=args.out, resume=args.resume,
-                         progress=not args.no_progress, restore_sigint=False)
+    task = args.task
+    if args.sample:
+        if args.resume is not None:
+            raise CLIError("--sample chooses the data of a new run; leave it out with --resume")
+        if task != "multi30k":
+            raise CLIError("--sample goes with --task multi30k (the project's own sample of "
+                           "German -> English sentences)")
+        task = "multi30k-sample"
+    try:
+        summary = runs.train(task, given, out=args.out, resume=args.resume,
+                             progress=not args.no_progress, restore_sigint=False,
+                             distributed=args.distributed)
+    except runs.RunError:
+        # Under torchrun, rank 0 prints the error: every rank makes the same checks, and a
+        # failure on rank 0 alone is passed to the others (runs._on_main).
+        if args.distributed and os.environ.get("RANK", "0") != "0":
+            return 2
+        raise
     # The run is saved; from here to the exit, Ctrl-C is ignored (Python's shutdown would
     # otherwise reset the handler and let a second Ctrl-C kill the process by signal).
     if threading.current_thread() is threading.main_thread():
@@ -299,9 +317,17 @@ def translate(args: argparse.Namespace, runs) -> int:
 def evaluate(args: argparse.Namespace, runs) -> int:
     import json
     run = runs.load_run(args.run_dir, device=args.device)
-    result = runs.evaluate_run(run, args.split)
+    result = runs.evaluate_run(run, args.split, beam=args.beam,
+                               length_penalty=args.length_penalty, data_dir=args.data_dir)
     if args.json:
         print(json.dumps(result))
+    elif "bleu" in result:
+        print(f"BLEU {result['bleu']:.2f}, tokenised BLEU {result['tokenised_bleu']:.2f}, "
+              f"chrF {result['chrf']:.2f} on the {result['split']} split ({result['n']} "
+              f"sentences) of {result['task']}; beam {result['beam']}, length penalty alpha "
+              f"{result['length_penalty']:g}; run {result['run']} at step {result['step']} "
+              f"({result['weights']})")
+        print(f"SacreBLEU signature: {result['signature']}")
     else:
         print(f"exact match {result['exact_match']:.2%}, token accuracy "
               f"{result['token_accuracy']:.2%} on the {result['split']} split ({result['n']} "
@@ -312,12 +338,27 @@ def evaluate(args: argparse.Namespace, runs) -> int:
 def _add_run_commands(commands) -> None:
     device_help = "auto (cuda if available), cpu or cuda (default: auto)"
     p = commands.add_parser(
-        "train", help="train a Transformer on a generated task (a run directory)",
-        description="Train a Transformer on a generated task. Defaults: the task's recipe from "
-        "chapter 12; every option below overrides it. The run directory gets config.json, "
-        "vocab.json, model.safetensors, state.pt, metrics.jsonl and curves.png. Ctrl-C saves "
-        "a checkpoint and stops; --resume DIR --steps N continues it.")
-    p.add_argument("--task", default=None, help="copy, reverse, de2num or date")
+        "train", help="train a Transformer on a generated task or Multi30k (a run directory)",
+        description="Train a Transformer on a generated task (chapter 12) or on Multi30k "
+        "German -> English (chapter 16). Defaults: the task's recipe; every option below "
+        "overrides it. The run directory gets config.json, vocab.json, model.safetensors, "
+        "state.pt, metrics.jsonl and curves.png. Ctrl-C saves a checkpoint and stops; "
+        "--resume DIR --steps N continues it. Data-parallel on N GPUs or CPU processes: "
+        "torchrun --nproc_per_node=N -m scratchformer train --distributed ...")
+    p.add_argument("--task", default=None,
+                   help="copy, reverse, de2num, date or multi30k (German -> English, real "
+                   "data: downloaded, or the project's own sample with --sample)")
+    p.add_argument("--sample", action="store_true", default=None,
+                   help="with --task multi30k: train on the project's own small sample (no "
+                   "download; a CPU recipe) instead of Multi30k")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="multi30k: the data folder (default: $SCRATCHFORMER_DATA, else the "
+                   "user's cache folder + /scratchformer)")
+    p.add_argument("--vocab-size", type=int, default=None, metavar="N",
+                   help="multi30k: subword pieces of the shared BPE vocabulary")
+    p.add_argument("--average-last", type=int, default=None, metavar="K",
+                   help="keep the last K checkpoints and write their average to "
+                   "averaged.safetensors at the end (0: off)")
     for option, kind, text in TRAIN_OPTIONS:
         p.add_argument(option, type=kind, default=None, metavar="N" if kind is int else "X",
                        help=text)
@@ -335,6 +376,13 @@ def _add_run_commands(commands) -> None:
                    help="new run directory (default: runs/TASK-DATE-TIME)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run in DIR up to --steps")
+    p.add_argument("--accumulate", type=int, default=None, metavar="K",
+                   help="split each batch into K micro-batches whose gradients add up (the "
+                   "same step with less memory; default 1)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training in the processes that torchrun starts: "
+                   "torchrun --nproc_per_node=N -m scratchformer train --distributed ...; "
+                   "each takes its share of every batch, rank 0 writes the run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_wrap(train))
 
@@ -378,6 +426,13 @@ def _add_run_commands(commands) -> None:
     p.add_argument("--split", choices=("train", "valid", "test"), default="test",
                    help="which split (default: test)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--beam", type=int, default=None, metavar="N",
+                   help="translation runs (multi30k): beam search with N hypotheses "
+                   "(default 4)")
+    p.add_argument("--length-penalty", type=float, default=None, metavar="A",
+                   help="translation runs: GNMT's alpha of beam search (default 0.6)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="translation runs: the data folder (default: the run's)")
     p.add_argument("--device", default="auto", help=device_help)
     p.set_defaults(run=_wrap(evaluate))
 

@@ -1,5 +1,6 @@
 """Run directories of ``scratchformer train``: build a model from a task's recipe, train it with
-``training.fit``, checkpoint it (safetensors + ``state.pt``), resume it bit for bit, load it back."""
+``training.fit`` (in one process or data-parallel), checkpoint it (safetensors + ``state.pt``),
+resume it bit for bit, load it back."""
 
 # Hand-written (no notebook exports here). A run directory holds
 #   config.json        task, every training option, the model configuration, seed, versions
@@ -9,7 +10,9 @@
 #                      with weights_only=True: plain tensors and containers, no pickled code)
 #   metrics.jsonl      one JSON object per logged step (step, loss, lr, ...; exact_match on
 #                      evaluation steps)
-#   curves.png         loss, exact match and learning rate against the step
+#   curves.png         loss, exact match (BLEU for multi30k) and learning rate against the step
+#   checkpoints/       with --average-last K: the weights of the last K checkpoints, and
+#   averaged.safetensors  their average, written at the end and used by translate/evaluate
 # The batches are a pure function of the step (data.BatchStream), so a checkpoint needs no data
 # state but the step. Every file is written to a temporary name and moved into place with
 # os.replace, so an interrupted save leaves the previous file intact.
@@ -41,6 +44,10 @@ __all__ = ["RunError", "Run", "OPTIONS", "task_defaults", "resolve_options",
 
 CONFIG, VOCAB, MODEL, STATE = "config.json", "vocab.json", "model.safetensors", "state.pt"
 METRICS, CURVES = "metrics.jsonl", "curves.png"
+AVERAGED, CHECKPOINTS = "averaged.safetensors", "checkpoints"
+# Real translation data (scratchformer.translation): "multi30k" downloads Multi30k,
+# "multi30k-sample" (`--task multi30k --sample`) uses the project's own small sample.
+TRANSLATION_TASKS = ("multi30k", "multi30k-sample")
 FORMAT = 1                      # version of the run-directory layout
 
 # Every option of `scratchformer train` that a run stores, with its kind. The recipe of the task
@@ -52,11 +59,16 @@ OPTIONS: dict[str, str] = {
     "eval_every": "count", "log_every": "size", "norm_first": "flag", "max_len": "size",
     # not in the recipes:
     "seed": "count", "device": "device", "precision": "precision", "threads": "threads",
-    "compile": "flag",
+    "compile": "flag", "accumulate": "size", "average_last": "count",
+    # translation tasks only (None for the others):
+    "vocab_size": "vocab", "data_dir": "path",
 }
-DEFAULTS = {"seed": 0, "device": "auto", "precision": "fp32", "threads": None, "compile": False}
+DEFAULTS = {"seed": 0, "device": "auto", "precision": "fp32", "threads": None, "compile": False,
+            "accumulate": 1, "average_last": 0, "vocab_size": None, "data_dir": None}
 # Options that may change when a run is resumed; any other must equal the stored value.
-FREE_ON_RESUME = ("steps", "log_every", "eval_every", "device", "precision", "threads", "compile")
+# (--accumulate splits the same batch differently: the steps stay the same.)
+FREE_ON_RESUME = ("steps", "log_every", "eval_every", "device", "precision", "threads", "compile",
+                  "accumulate", "average_last", "data_dir")
 POSITIONAL = ("sinusoidal", "learned", "rotary")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SPLITS = ("train", "valid", "test")
@@ -76,9 +88,14 @@ def flag(key: str) -> str:
 def task_defaults(task: str) -> dict[str, Any]:
     """The options of a fresh run of ``task``: its recipe from chapter 12 plus seed and device."""
     from scratchformer import data, training
-    if task not in data.TASKS:
-        raise RunError(f"unknown task {task!r}; choose one of {', '.join(data.TASKS)}")
-    recipe = dict(training.RECIPES[task])
+    if task in TRANSLATION_TASKS:
+        from scratchformer import translation
+        recipe = dict(translation.RECIPES[task])
+    elif task not in data.TASKS:
+        raise RunError(f"unknown task {task!r}; choose one of {', '.join(data.TASKS)} or "
+                       "multi30k")
+    else:
+        recipe = dict(training.RECIPES[task])
     missing = [key for key in OPTIONS if key not in recipe and key not in DEFAULTS]
     if missing:
         raise RunError(f"the recipe of {task!r} has no {', '.join(missing)}")
@@ -119,7 +136,7 @@ def check_options(options: dict[str, Any]) -> None:
             raise RunError(f"{name} a positive integer, got {value!r}")
         if kind == "count" and not (is_int and value >= 0):
             raise RunError(f"{name} an integer >= 0, got {value!r}")
-        if kind == "threads" and value is not None and not (is_int and value > 0):
+        if kind in ("threads", "vocab") and value is not None and not (is_int and value > 0):
             raise RunError(f"{name} a positive integer, got {value!r}")
         if kind == "rate" and not (is_number and math.isfinite(value) and value > 0):
             raise RunError(f"{name} a positive number, got {value!r}")
@@ -291,12 +308,16 @@ def _set_rng_states(states: dict[str, Any]) -> None:
             pass
 
 
-def save_state(path: str | Path, step: int, optimizer, scheduler=None, scaler=None) -> None:
-    """``state.pt``: optimizer, scheduler, grad scaler, RNG states and the step."""
+def save_state(path: str | Path, step: int, optimizer, scheduler=None, scaler=None,
+               rng_ranks: list | None = None) -> None:
+    """``state.pt``: optimizer, scheduler, grad scaler, RNG states and the step; a distributed
+    run also stores the RNG states of every rank (``rng_ranks``, by rank)."""
     state = {"format": FORMAT, "step": step, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict() if scheduler is not None else None,
              "scaler": scaler.state_dict() if scaler is not None else None,
-             "rng": _rng_states()}
+             "rng": _rng_states() if rng_ranks is None else rng_ranks[0]}
+    if rng_ranks is not None:
+        state["rng_ranks"] = rng_ranks
     _replace(Path(path), lambda tmp: torch.save(state, tmp))
 
 
@@ -348,14 +369,17 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """``curves.png``: training loss, exact match (evaluation steps) and learning rate."""
+    """``curves.png``: training loss, exact match or BLEU (evaluation steps) and learning
+    rate."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 3.4), layout="constrained")
     axes = fig.subplots(1, 3)
     logged = [r for r in records if "loss" in r]
     evaluated = [r for r in records if "exact_match" in r]
+    score = ("bleu", "BLEU, validation (greedy)") if any("bleu" in r for r in evaluated) \
+        else ("exact_match", "exact match, validation (%)")
     panels = [(axes[0], logged, "loss", "training loss", 1.0),
-              (axes[1], evaluated, "exact_match", "exact match, validation (%)", 100.0),
+              (axes[1], evaluated, score[0], score[1], 1.0 if score[0] == "bleu" else 100.0),
               (axes[2], logged, "lr", "learning rate", 1.0)]
     for ax, rows, key, label, scale in panels:
         ax.plot([r["step"] for r in rows], [r[key] * scale for r in rows],
@@ -382,6 +406,7 @@ class Run:
     model: torch.nn.Module | None = None
     step: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    weights: str = MODEL              # the file the weights came from (averaged.safetensors)
 
     @property
     def task(self) -> str:
@@ -417,14 +442,25 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _read_vocabs(path: Path, config: dict[str, Any]):
+def _vocab_from_json(d):
+    """A vocabulary from its JSON, by its "type": CharVocab or BPEVocab."""
     from scratchformer.data import CharVocab
+    kind = d.get("type", "CharVocab") if isinstance(d, dict) else None
+    if kind == "BPEVocab":
+        from scratchformer.translation import BPEVocab
+        return BPEVocab.from_json(d)
+    if kind != "CharVocab":
+        raise ValueError(f"unknown vocabulary type {kind!r} (CharVocab or BPEVocab)")
+    return CharVocab.from_json(d)
+
+
+def _read_vocabs(path: Path, config: dict[str, Any]):
     file = path / VOCAB
     if not file.is_file():
         raise RunError(f"{path} has no {VOCAB}: the run directory is incomplete")
     try:
         both = json.loads(file.read_text(encoding="utf-8"))
-        src_vocab, tgt_vocab = CharVocab.from_json(both["source"]), CharVocab.from_json(both["target"])
+        src_vocab, tgt_vocab = _vocab_from_json(both["source"]), _vocab_from_json(both["target"])
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
             ValueError) as error:
         raise RunError(f"{file} is damaged ({_one_line(error)})") from None
@@ -441,10 +477,11 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     config = _read_config(path)
     src_vocab, tgt_vocab = _read_vocabs(path, config)
     model = build_model(config["model"])
-    step = load_weights(model, path / MODEL)
+    weights = path / AVERAGED if (path / AVERAGED).is_file() else path / MODEL
+    step = load_weights(model, weights)
     target = resolve_device(device)
     model.to(target).eval()
-    return Run(path, config, src_vocab, tgt_vocab, model, step, target)
+    return Run(path, config, src_vocab, tgt_vocab, model, step, target, weights.name)
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -461,12 +498,54 @@ def _data_fingerprint(task_data) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _make_data(task: str, options: dict[str, Any]):
+def _make_data(task: str, options: dict[str, Any], progress: bool = True):
     from scratchformer import data
+    if task in TRANSLATION_TASKS:
+        return _translation_data(task, options, progress)
     try:
         return data.make_task(task, options["n_train"], seed=options["seed"])
     except ValueError as error:
         raise RunError(f"cannot make the {task} data: {_one_line(error)}") from None
+
+
+def _data_dir(options: dict[str, Any]) -> Path:
+    from scratchformer import translation
+    given = options.get("data_dir")
+    return Path(given) if given is not None else translation.default_data_dir()
+
+
+def _translation_data(task: str, options: dict[str, Any], progress: bool):
+    """Multi30k (downloaded into --data-dir, verified) or the sample, with its BPE vocabulary;
+    the first ``n_train`` training pairs. A DataError keeps its instructions (several lines)."""
+    from scratchformer import translation
+    try:
+        task_data = translation.multi30k_task(
+            _data_dir(options), sample=task == "multi30k-sample",
+            vocab_size=options["vocab_size"], seed=options["seed"], progress=progress)
+    except translation.DataError as error:
+        raise RunError(str(error)) from None
+    except ValueError as error:
+        raise RunError(f"cannot make the {task} data: {_one_line(error)}") from None
+    if options["n_train"] > len(task_data.train):
+        raise RunError(f"--n-train {options['n_train']}: the {task} training split has only "
+                       f"{len(task_data.train)} pairs")
+    task_data.train = task_data.train[:options["n_train"]]
+    return task_data
+
+
+def _translation_pairs(task: str, options: dict[str, Any], split: str) -> list:
+    """One split of a translation task's data, without building a vocabulary."""
+    from scratchformer import translation
+    parent = _data_dir(options)
+    try:
+        if task == "multi30k-sample":
+            folder = parent / "multi30k-sample"
+            translation.write_sample(folder)
+        else:
+            folder = translation.fetch_multi30k(parent / "multi30k")
+        return translation.load_split(folder, split)
+    except translation.DataError as error:
+        raise RunError(str(error)) from None
 
 
 def _versions() -> dict[str, str]:
@@ -532,12 +611,15 @@ def _stderr(text: str) -> None:
 
 def train(task: str | None, given: dict[str, Any], *, out: str | Path | None = None,
           resume: str | Path | None = None, progress: bool = True,
-          echo: Callable[[str], None] = print, restore_sigint: bool = True) -> dict[str, Any]:
+          echo: Callable[[str], None] = print, restore_sigint: bool = True,
+          distributed: bool = False) -> dict[str, Any]:
     """Train a fresh run of ``task`` into ``out``, or continue the run in ``resume`` up to
     ``given["steps"]``. ``given`` maps option names to values (None = default). Returns a
     summary: run, task, step, steps, interrupted, seconds, exact_match. Ctrl-C saves a
     checkpoint and returns; ``restore_sigint=False`` (the command, which exits next) keeps
-    ignoring further Ctrl-C instead of restoring the previous handler."""
+    ignoring further Ctrl-C instead of restoring the previous handler. ``distributed``: one
+    of the processes that torchrun started (scratchformer.distributed): every rank trains on
+    its share of the same global batches, rank 0 alone writes and prints."""
     from scratchformer import data
     started = time.perf_counter()
     stored = None
@@ -552,26 +634,83 @@ def train(task: str | None, given: dict[str, Any], *, out: str | Path | None = N
     else:
         if task is None:
             raise RunError("give --task (one of " + ", ".join(data.TASKS)
-                           + "), or --resume DIR to continue a run")
+                           + ", multi30k), or --resume DIR to continue a run")
         options = resolve_options(task, given)
         run_dir = Path(out) if out is not None else \
             Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if task in TRANSLATION_TASKS:
+        options["data_dir"] = str(_data_dir(options).expanduser().resolve())
+    else:
+        for key in ("vocab_size", "data_dir"):
+            if options.get(key) is not None:
+                raise RunError(f"{flag(key)} applies to --task multi30k only")
     check_options(options)
-    device = resolve_device(options["device"])
-    if options["precision"] == "fp16" and device.type != "cuda":
-        raise RunError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
-    _prepare_out(run_dir, fresh=resume is None)
-    # From here on Ctrl-C only asks to stop: the run directory is never left half written.
-    with _StopOnInterrupt(_stderr, restore=restore_sigint) as stop:
-        return _train(task, options, run_dir, stored, device, stop, progress, echo, started)
+    from scratchformer import distributed as ddp
+    if not distributed:
+        ctx = ddp.single(resolve_device(options["device"]))
+    else:
+        try:
+            ctx = ddp.setup(options["device"])
+        except ddp.DistributedError as error:
+            raise RunError(str(error)) from None
+    try:
+        if options["precision"] == "fp16" and ctx.device.type != "cuda":
+            raise RunError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
+        _on_main(ctx, lambda: _prepare_out(run_dir, fresh=resume is None))
+        if not ctx.main:                  # the other ranks are silent
+            echo, progress = _silent, False
+        # From here on Ctrl-C only asks to stop: the run directory is never left half written.
+        with _StopOnInterrupt(_stderr if ctx.main else _silent, restore=restore_sigint) as stop:
+            return _train(task, options, run_dir, stored, ctx, stop, progress, echo, started)
+    finally:
+        if distributed:
+            ddp.shutdown()
 
 
-def _train(task, options, run_dir: Path, stored, device, stop: _StopOnInterrupt, progress,
+def _silent(text: str) -> None:
+    pass
+
+
+def _on_main(ctx, action: Callable[[], None]) -> None:
+    """Run ``action`` on rank 0 only; a RunError there is raised on every rank, so that all
+    processes stop together instead of waiting for rank 0 forever."""
+    error = None
+    if ctx.main:
+        try:
+            action()
+        except RunError as raised:
+            error = str(raised)
+    error = ctx.from_main(error)
+    if error is not None:
+        raise RunError(error)
+
+
+def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The dropout seed of rank > 0 of a distributed run (rank 0 continues the seed's stream)."""
+    digest = hashlib.sha256(f"scratchformer-rank:{seed}:{rank}:{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _micro_batches(src: torch.Tensor, tgt: torch.Tensor, accumulate: int) -> list:
+    """The batch ``(src (B, S), tgt (B, T))`` as ``accumulate`` micro-batches of rows (fewer if
+    B < accumulate), each without the columns that are padding in all its rows."""
+    from scratchformer.distributed import shard
+    if accumulate == 1:
+        return [(src, tgt)]
+    parts = zip(torch.tensor_split(src, accumulate), torch.tensor_split(tgt, accumulate))
+    return [shard(s, t, 0, 1, trim=True) for s, t in parts if s.shape[0]]
+
+
+def _train(task, options, run_dir: Path, stored, ctx, stop: _StopOnInterrupt, progress,
            echo, started) -> dict[str, Any]:
-    from scratchformer import data, training
+    from scratchformer import data, distributed, training
+    device = ctx.device
     if options["threads"] is not None:
         torch.set_num_threads(options["threads"])
-    task_data = _make_data(task, options)
+    # Rank 0 makes the data first (it downloads what is missing); the others then find it.
+    made: dict[str, Any] = {}
+    _on_main(ctx, lambda: made.setdefault("data", _make_data(task, options, progress)))
+    task_data = made["data"] if ctx.main else _make_data(task, options, False)
     fingerprint = _data_fingerprint(task_data)
     seed = options["seed"]
     torch.manual_seed(seed)
@@ -583,7 +722,9 @@ def _train(task, options, run_dir: Path, stored, device, stop: _StopOnInterrupt,
     model_dict = asdict(model_config(options, task_data.src_vocab, task_data.tgt_vocab))
     if stored is not None:
         _check_resumable(run_dir, stored, model_dict, task_data, fingerprint)
-    model = build_model(model_dict)
+    model = build_model(model_dict)      # the same initial weights on every rank
+    if ctx.rank > 0:                      # but its own dropout masks
+        torch.manual_seed(_rank_seed(seed, ctx.rank))
     start = 0
     if stored is not None:
         start = load_weights(model, run_dir / MODEL)
@@ -608,83 +749,221 @@ def _train(task, options, run_dir: Path, stored, device, stop: _StopOnInterrupt,
         except (KeyError, ValueError, RuntimeError) as error:
             raise RunError(f"{run_dir / STATE} does not fit the model: "
                            f"{_one_line(error)}") from None
-        _set_rng_states(state["rng"])     # last: building the model drew random numbers
-        _keep_metrics_until(run_dir / METRICS, start)
+        # last: building the model drew random numbers
+        ranks = state.get("rng_ranks") or []
+        if ctx.distributed and len(ranks) == ctx.world:
+            _set_rng_states(ranks[ctx.rank])      # each rank continues its own stream
+        else:
+            _set_rng_states(state["rng"])
+            if ctx.rank > 0:                      # resumed with another number of processes
+                torch.manual_seed(_rank_seed(seed, ctx.rank, start))
+        if ctx.main:
+            _keep_metrics_until(run_dir / METRICS, start)
+            _forget_after(run_dir, start, options["eval_every"])
     created = (stored or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S")
-    _write_json(run_dir / CONFIG, {
-        "format": FORMAT, "task": task, "options": options, "model": model_dict,
-        "data": {"n_train": options["n_train"], "n_valid": len(task_data.valid),
-                 "n_test": len(task_data.test), "seed": seed, "fingerprint": fingerprint},
-        "versions": _versions(), "created": created})
+    if ctx.main:
+        _write_json(run_dir / CONFIG, {
+            "format": FORMAT, "task": task, "options": options, "model": model_dict,
+            "data": {"n_train": options["n_train"], "n_valid": len(task_data.valid),
+                     "n_test": len(task_data.test), "seed": seed, "fingerprint": fingerprint},
+            "processes": ctx.world, "versions": _versions(), "created": created})
 
     saved = {"step": start}
 
-    def checkpoint(step: int) -> None:
-        save_weights(model, run_dir / MODEL, step)
-        save_state(run_dir / STATE, step, optimizer, scheduler, scaler)
+    def checkpoint(step: int) -> None:    # on every rank: gathering the RNG states is collective
+        rng_ranks = ctx.gather(_rng_states()) if ctx.distributed else None
+        if ctx.main:
+            save_weights(model, run_dir / MODEL, step)
+            save_state(run_dir / STATE, step, optimizer, scheduler, scaler, rng_ranks)
+            if options["average_last"] and step > 0:
+                _keep_for_average(model, run_dir, step, options["average_last"])
         saved["step"] = step
 
     if stored is None:
-        _write_json(run_dir / VOCAB, {"source": task_data.src_vocab.to_json(),
-                                      "target": task_data.tgt_vocab.to_json()})
+        if ctx.main:
+            _write_json(run_dir / VOCAB, {"source": task_data.src_vocab.to_json(),
+                                          "target": task_data.tgt_vocab.to_json()})
         checkpoint(0)                     # a complete run directory from the start
     stream = data.BatchStream(data.PairDataset(task_data.train, task_data.src_vocab,
                                                task_data.tgt_vocab),
                               options["batch_size"], seed=seed)
 
+    # Under DDP each rank keeps its rows of every micro-batch, and the loss is normalised by
+    # the labels of the whole step on all ranks (scratchformer.distributed explains why).
+    global_loss = (distributed.GlobalLoss(ctx, training.micro_batch_loss, data.PAD_ID)
+                   if ctx.distributed else None)
+
     def batch_at(step: int):
-        src, tgt = stream.batch(step)
-        return [(src.to(device, non_blocking=True), tgt.to(device, non_blocking=True))]
+        micro = _micro_batches(*stream.batch(step), options["accumulate"])
+        if global_loss is not None:
+            micro = global_loss.batches(micro)
+        return [(src.to(device, non_blocking=True), tgt.to(device, non_blocking=True))
+                for src, tgt in micro]
+
+    evaluated = {"now": False}
 
     def evaluate_fn(_model) -> dict:      # the uncompiled model: decoding varies the shapes
+        evaluated["now"] = True
+        if not ctx.main:                  # rank 0 evaluates; the others wait at the next step
+            return {}
+        if task in TRANSLATION_TASKS:     # greedy BLEU on the validation split
+            return translation_scores(model, task_data.valid, task_data.src_vocab,
+                                      task_data.tgt_vocab, options["max_len"])
         return training.evaluate(model, task_data.valid, task_data.src_vocab,
                                  task_data.tgt_vocab)
 
-    metrics = open(run_dir / METRICS, "a" if stored is not None else "w",   # closed below
-                   encoding="utf-8")
+    metrics = (open(run_dir / METRICS, "a" if stored is not None else "w",   # closed below
+                    encoding="utf-8") if ctx.main else None)
 
-    def on_log(record: dict) -> None:
-        metrics.write(json.dumps(record, default=_jsonable) + "\n")
-        metrics.flush()
-        if "exact_match" in record:
+    def on_log(record: dict) -> None:     # on every rank, at the same steps
+        if global_loss is not None:
+            record = global_loss.record(record)
+        if metrics is not None:
+            metrics.write(json.dumps(record, default=_jsonable) + "\n")
+            metrics.flush()
+        if evaluated["now"]:
+            evaluated["now"] = False
             checkpoint(scheduler.last_epoch)      # the steps taken so far
 
-    trained = training.compile_model(model) if options["compile"] else model
+    trained = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        trained = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            **distributed.no_buffer_sync())
+    trained = training.compile_model(trained) if options["compile"] else trained
+    if ctx.distributed:
+        stop = distributed.AgreedStop(ctx, stop)
     params = sum(p.numel() for p in model.parameters())
+    where = (f"{ctx.world} processes, {device.type}" if ctx.distributed else device.type)
     echo(f"{task}: {params:,} parameters ({options['layers']}+{options['layers']} layers, "
-         f"d_model {options['d_model']}, {options['heads']} heads), {device.type} "
+         f"d_model {options['d_model']}, {options['heads']} heads), {where} "
          f"{options['precision']}, steps {start + 1}..{options['steps']} -> {run_dir}")
     history: list[dict] = []
     try:
-        if not stop.requested:
+        if not (stop() if ctx.distributed else stop.requested):
             history = training.fit(
                 trained, optimizer, scheduler, batch_at, steps=options["steps"],
                 start_step=start, epsilon=options["label_smoothing"], clip_norm=1.0,
                 precision=options["precision"], scaler=scaler, log_every=options["log_every"],
                 eval_every=options["eval_every"], evaluate_fn=evaluate_fn, on_log=on_log,
-                stop=stop, progress=progress)
+                stop=stop, progress=progress, loss_fn=global_loss)
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     done = scheduler.last_epoch
     if saved["step"] != done:
         checkpoint(done)
-    plot_curves(read_metrics(run_dir / METRICS), run_dir / CURVES, title=f"{task}: {run_dir}")
     last = history[-1] if history else {}
     exact = None
-    if last.get("step") == done and "exact_match" in last:
-        exact = last["exact_match"]
-    elif not stop.requested:
-        exact = evaluate_fn(model)["exact_match"]
+    if ctx.main:
+        plot_curves(read_metrics(run_dir / METRICS), run_dir / CURVES,
+                    title=f"{task}: {run_dir}")
+        if last.get("step") == done and "exact_match" in last:
+            exact = last["exact_match"]
+        elif not stop.requested:
+            exact = evaluate_fn(model)["exact_match"]
     seconds = time.perf_counter() - started
     if stop.requested:
+        again = ("torchrun --nproc_per_node=N -m scratchformer train --distributed"
+                 if ctx.distributed else "scratchformer train")
         echo(f"interrupted at step {done} of {options['steps']} after {seconds:.1f} s, "
-             f"run saved in {run_dir}; continue it with: scratchformer train --resume "
+             f"run saved in {run_dir}; continue it with: {again} --resume "
              f"{run_dir} --steps {options['steps']}")
-    else:
-        echo(f"done: {done} steps in {seconds:.1f} s, exact match {exact:.1%} "
-             f"({len(task_data.valid)} validation pairs), run saved in {run_dir}")
+    elif ctx.main:
+        if task in TRANSLATION_TASKS:
+            scores = last if last.get("step") == done and "bleu" in last else {}
+            bleu = scores.get("bleu")
+            if bleu is None:
+                bleu = evaluate_fn(model)["bleu"]
+            echo(f"done: {done} steps in {seconds:.1f} s, BLEU {bleu:.2f} (greedy, "
+                 f"{len(task_data.valid)} validation sentences), run saved in {run_dir}")
+        else:
+            echo(f"done: {done} steps in {seconds:.1f} s, exact match {exact:.1%} "
+                 f"({len(task_data.valid)} validation pairs), run saved in {run_dir}")
+        if options["average_last"]:
+            steps = _write_average(run_dir, options["average_last"])
+            echo(f"averaged the weights of step{'s' * (len(steps) > 1)} "
+                 f"{', '.join(map(str, steps))} into "
+                 f"{run_dir / AVERAGED}: scratchformer translate and evaluate use them")
     return {"run": str(run_dir), "task": task, "step": done, "steps": options["steps"],
             "interrupted": stop.requested, "seconds": seconds, "exact_match": exact}
+
+
+def _checkpoint_files(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / CHECKPOINTS).glob("step-*.safetensors"))
+
+
+def _keep_for_average(model, run_dir: Path, step: int, keep: int) -> None:
+    """A copy of the weights in checkpoints/step-NNNNNNN.safetensors; only the last ``keep``
+    copies stay."""
+    folder = run_dir / CHECKPOINTS
+    folder.mkdir(exist_ok=True)
+    save_weights(model, folder / f"step-{step:07d}.safetensors", step)
+    for old in _checkpoint_files(run_dir)[:-keep]:
+        old.unlink()
+
+
+def _forget_after(run_dir: Path, step: int, eval_every: int) -> None:
+    """On resume at ``step``: the average is out of date; copies after ``step`` are not this
+    run's, and a copy at ``step`` itself that is no evaluation step was made because the
+    previous command ended there (the end, or Ctrl-C): the run continued without a stop
+    keeps the same copies as one that never stopped."""
+    (run_dir / AVERAGED).unlink(missing_ok=True)
+    for path in _checkpoint_files(run_dir):
+        at = int(path.stem.removeprefix("step-"))
+        if at > step or (at == step and not (eval_every and at % eval_every == 0)):
+            path.unlink()
+
+
+def _write_average(run_dir: Path, keep: int) -> list[int]:
+    """averaged.safetensors: the mean of the last ``keep`` copies (translation.
+    average_checkpoints), with the last copy's metadata (its step and tied names)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from scratchformer.translation import average_checkpoints
+    files = _checkpoint_files(run_dir)[-keep:]
+    with safe_open(str(files[-1]), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = average_checkpoints(files)
+    _replace(run_dir / AVERAGED, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return [int(path.stem.removeprefix("step-")) for path in files]
+
+
+@torch.no_grad()
+def translation_scores(model, pairs, src_vocab, tgt_vocab, max_len: int, *,
+                       beam: int | None = None, length_penalty: float = 0.6,
+                       batch_size: int = 64) -> dict[str, Any]:
+    """Translate the sources of ``pairs`` (greedy, or beam search with ``beam`` hypotheses)
+    and score them against the targets: translation.bleu_scores (``bleu`` with its
+    ``signature``, ``tokenised_bleu``, ``chrf``, ``n``) plus ``exact_match``. Each batch of
+    similar lengths decodes at most min(2 S + 8, ``max_len``) tokens (S: its longest source)."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    from scratchformer import decoding, translation
+    sources = [src_vocab.encode(s, eos=True) for s, _ in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: len(sources[i]))
+    device = next(model.parameters()).device
+    hypotheses = [""] * len(pairs)
+    for b in range(0, len(order), batch_size):
+        chunk = order[b:b + batch_size]
+        src = pad_sequence([torch.tensor(sources[i]) for i in chunk], batch_first=True,
+                           padding_value=src_vocab.pad_id).to(device)       # (B, S)
+        limit = min(2 * src.shape[1] + 8, max_len)
+        if beam is None:
+            out = decoding.greedy_decode(model, src, limit, tgt_vocab.bos_id, tgt_vocab.eos_id)
+            rows = [row.tolist() for row in out.cpu()]
+        else:
+            best = decoding.beam_search(model, src, beam, limit, bos_id=tgt_vocab.bos_id,
+                                        eos_id=tgt_vocab.eos_id, length_penalty=length_penalty)
+            rows = [tokens.tolist() for tokens, _ in best]
+        for i, row in zip(chunk, rows):
+            hypotheses[i] = tgt_vocab.decode(row)
+    references = [t for _, t in pairs]
+    scores = translation.bleu_scores(hypotheses, references)
+    exact = sum(h == r for h, r in zip(hypotheses, references)) / max(len(pairs), 1)
+    return {**scores, "exact_match": exact}
 
 
 def _check_resumable(run_dir: Path, stored, model_dict, task_data, fingerprint) -> None:
@@ -712,12 +991,14 @@ def _decode_limit(run: Run, texts: list[str]) -> int:
     unknown = list(dict.fromkeys(c for text in texts for c in run.src_vocab.unknown(text)))
     if unknown:
         raise RunError(str(UnknownCharactersError(unknown, run.src_vocab.chars)))
-    longest = max((len(text) + 1 for text in texts), default=1)           # + </s>
+    longest = max((len(run.src_vocab.encode(text)) + 1 for text in texts),  # + </s>
+                  default=1)
     limit = 2 * longest + 8
     if run.config["model"].get("positional") == "learned":
         most = run.config["model"]["max_len"]
         if longest > most:
-            raise RunError(f"a text of {longest - 1} characters is too long for this run: its "
+            unit = "characters" if hasattr(run.src_vocab, "tokens") else "tokens"
+            raise RunError(f"a text of {longest - 1} {unit} is too long for this run: its "
                            f"learned positions end at {most} tokens")
         limit = min(limit, most)
     return limit
@@ -817,9 +1098,16 @@ def sample_texts(run: Run, texts: list[str], temperature: float = 1.0, top_k: in
     return [run.tgt_vocab.decode(row.tolist()) for row in out.cpu()]
 
 
+def _names(vocab, ids: list[int]) -> list[str]:
+    """The token of each id (a character, with ␣ for a space, or a subword piece)."""
+    names = vocab.tokens if hasattr(vocab, "tokens") else vocab.pieces
+    return ["␣" if names[i] == " " else names[i] for i in ids]
+
+
 def plot_attention(run: Run, texts: list[str], path: str | Path) -> list[str]:
     """Save the cross-attention of every decoder layer (mean over heads) for each text: rows are
-    the predicted tokens, columns the source characters. Returns the translations."""
+    the predicted tokens, columns the source tokens (characters or subwords). Returns the
+    translations."""
     from matplotlib.figure import Figure
 
     from scratchformer import training
@@ -835,14 +1123,15 @@ def plot_attention(run: Run, texts: list[str], path: str | Path) -> list[str]:
             out = out[:out.index(run.tgt_vocab.eos_id) + 1]
         tgt_in = torch.tensor([[run.tgt_vocab.bos_id, *out[:-1]]], device=device)
         weights = training.cross_attention_weights(model, src, tgt_in)   # (L, 1, H, T, S)
-        rows.append((text, out, weights[:, 0].mean(dim=1).float().cpu()))   # (L, T, S)
+        rows.append((text, out, weights[:, 0].mean(dim=1).float().cpu(),   # (L, T, S)
+                     src[0].tolist()))
     layers = rows[0][2].shape[0]
     fig = Figure(figsize=(2.2 + 2.6 * layers, 0.6 + 2.6 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), layers, squeeze=False)
     image = None
-    for r, (text, out, weights) in enumerate(rows):
-        predicted = [run.tgt_vocab.tokens[i] for i in out]
-        source = ["␣" if c == " " else c for c in text] + ["</s>"]
+    for r, (text, out, weights, src_ids) in enumerate(rows):
+        predicted = _names(run.tgt_vocab, out)
+        source = _names(run.src_vocab, src_ids)    # characters or subwords, then </s>
         for layer in range(layers):
             ax = axes[r][layer]
             image = ax.imshow(weights[layer].numpy(), vmin=0.0, vmax=1.0, cmap="viridis",
@@ -856,21 +1145,41 @@ def plot_attention(run: Run, texts: list[str], path: str | Path) -> list[str]:
             if layer == 0:
                 ax.set_ylabel("predicted token")
             if r == len(rows) - 1:
-                ax.set_xlabel("source character")
+                ax.set_xlabel("source character" if hasattr(run.src_vocab, "tokens")
+                              else "source token")
     fig.colorbar(image, ax=axes, shrink=0.8, label="cross-attention weight (mean over heads)")
     path = Path(path)
     try:
         _replace(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     except OSError as error:
         raise RunError(f"cannot write {path}: {error.strerror or error}") from None
-    return [run.tgt_vocab.decode(out) for _, out, _ in rows]
+    return [run.tgt_vocab.decode(out) for _, out, _, _ in rows]
 
 
-def evaluate_run(run: Run, split: str = "test") -> dict[str, Any]:
-    """Exact match and token accuracy of the run's model on a split of its task's data."""
+def evaluate_run(run: Run, split: str = "test", beam: int | None = None,
+                 length_penalty: float | None = None,
+                 data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Exact match and token accuracy of the run's model on a split of its task's data; for a
+    translation run, BLEU (with SacreBLEU's signature), tokenised BLEU and chrF of beam
+    search (``beam`` hypotheses, default 4; GNMT's ``length_penalty``, default 0.6), on the
+    data in ``data_dir`` (default: the run's)."""
     from scratchformer import training
     if split not in SPLITS:
         raise RunError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if run.task in TRANSLATION_TASKS:
+        beam = 4 if beam is None else beam
+        alpha = 0.6 if length_penalty is None else length_penalty
+        check_decoding(beam=beam, length_penalty=alpha)
+        options = run.options if data_dir is None else {**run.options, "data_dir": data_dir}
+        pairs = _translation_pairs(run.task, options, split)
+        scores = translation_scores(run.model, pairs, run.src_vocab, run.tgt_vocab,
+                                    run.config["model"]["max_len"], beam=beam,
+                                    length_penalty=alpha)
+        return {"run": str(run.path), "task": run.task, "split": split, "step": run.step,
+                "weights": run.weights, "beam": beam, "length_penalty": alpha, **scores}
+    if beam is not None or length_penalty is not None or data_dir is not None:
+        raise RunError("--beam, --length-penalty and --data-dir apply to translation runs "
+                       f"(multi30k); a {run.task} run is scored by greedy exact match")
     task_data = _make_data(run.task, run.options)
     if task_data.src_vocab != run.src_vocab or task_data.tgt_vocab != run.tgt_vocab:
         raise RunError(f"the vocabulary in {run.path / VOCAB} does not match the "
