@@ -17,10 +17,16 @@ Modules exported from the book's chapters (``notebooks/NN_slug.ipynb``):
 - ``scratchformer.schedules`` (11): ``noam_rate``, Noam and warmup + cosine ``LambdaLR`` schedules.
 - ``scratchformer.training`` (12): ``teacher_forcing``, ``train_step``, ``greedy_decode``,
   ``evaluate``, ``fit`` (the training loop) and ``RECIPES``.
+- ``scratchformer.decoding`` (13): the key/value cache, greedy and beam search, sampling.
+- ``scratchformer.metrics`` (14): BLEU by hand, chrF and exact match.
+- ``scratchformer.tips`` (15): scheduled sampling, a pointer-generator, guided attention.
+- ``scratchformer.translation`` (16): Multi30k (verified download), a shared BPE vocabulary,
+  checkpoint averaging, BLEU reports, the GPU recipe.
 
 Hand-written infrastructure: ``scratchformer.shapes`` (input validation),
 ``scratchformer.checks`` (exercise checkers), ``scratchformer.data`` (vocabularies, generated
-tasks, batches), ``scratchformer.runs`` (run directories, checkpoints, resume) and
+tasks, batches), ``scratchformer.runs`` (run directories, checkpoints, resume),
+``scratchformer.distributed`` (data-parallel training under ``torchrun``) and
 ``scratchformer.cli`` (the ``scratchformer`` command).
 Boolean masks everywhere mean **True = may attend**.
 """
