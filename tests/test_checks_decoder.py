@@ -295,6 +295,19 @@ def test_equivalent_correct_layers_pass(answer, capsys):
     assert "✅" in capsys.readouterr().out
 
 
+class OffInLowPrecision(DecoderLayer):
+    """Right in float32, but 5% off in float16/bfloat16 (dtype and finiteness are fine)."""
+
+    def forward(self, x, memory, tgt_mask=None, memory_mask=None):
+        out = super().forward(x, memory, tgt_mask, memory_mask)
+        return out if out.dtype == torch.float32 else out * 1.05
+
+
+def test_a_layer_wrong_only_in_low_precision_fails():
+    with pytest.raises(checks.ExerciseWrong, match="differs from float32 arithmetic"):
+        checks.decoder_layer(OffInLowPrecision)
+
+
 # ---- Exercise 8.2: Decoder.forward -------------------------------------------------------------
 
 class _BuggyStack(Decoder):
