@@ -101,6 +101,11 @@ def ln_naive_variance(x, weight, bias, eps=1e-5):
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
+def ln_off_in_low_precision(x, weight, bias, eps=1e-5):
+    out = layer_norm(x, weight, bias, eps)
+    return out if out.dtype == torch.float32 else out * 1.1   # right in float32 only
+
+
 def ln_in_place(x, weight, bias, eps=1e-5):
     x -= x.mean(dim=-1, keepdim=True)                       # modifies the caller's tensor
     var = (x ** 2).mean(dim=-1, keepdim=True)
@@ -151,6 +156,7 @@ LAYER_NORM_BUGS = {
     "E[x²] - E[x]²": (ln_naive_variance, "E[x²] − E[x]²"),
     # dtype
     "float32 output for float16 input": (ln_float32_output, "it must be torch.float16"),
+    "10% off in float16 only": (ln_off_in_low_precision, "differs from float32 arithmetic"),
     # inputs and autograd
     "x -= mean": (ln_in_place, "changed its input `x` in place"),
     "detached": (ln_detached, "does not depend on the inputs through autograd"),
@@ -535,4 +541,4 @@ def test_variant_counts():
     counts = {"layer_norm": len(LAYER_NORM_BUGS) + extra["layer_norm"],
               "feed_forward": len(FEED_FORWARD_BUGS) + extra["feed_forward"],
               "encoder_layer": len(ENCODER_LAYER_BUGS) + extra["encoder_layer"]}
-    assert counts == {"layer_norm": 24, "feed_forward": 19, "encoder_layer": 23}
+    assert counts == {"layer_norm": 25, "feed_forward": 19, "encoder_layer": 23}

@@ -479,6 +479,40 @@ def _layer_module(name: str, cls_or_fn, ref):
     return module
 
 
+DROPOUT_ON_RESIDUAL = (
+    "dropout acts on the residual stream (after the addition, or on x itself), not only on "
+    "the sublayer's output: with every sublayer silenced (outputs exactly 0) the layer's "
+    "output in train mode still changes from pass to pass. The paper applies dropout to each "
+    "sublayer's output before it is added: x + dropout(sublayer(x)), then the norm."
+)
+
+
+def _require_dropout_on_sublayers_only(name: str, cls_or_fn, ref, probe: tuple) -> None:
+    """With the last linear map of every sublayer set to zero, x + dropout(sublayer(x)) is
+    x + 0 whatever dropout draws, so a correct layer is deterministic in train mode; dropout
+    on the residual stream is not. (A statistical comparison alone missed that bug in about
+    1 check in 25: after the norm the two distributions can be close.)"""
+    __tracebackhide__ = True
+    silent = copy.deepcopy(ref)
+    with torch.no_grad():
+        for last in (silent.self_attn.out_proj, silent.cross_attn.out_proj,
+                     silent.feed_forward.linear2):
+            for parameter in last.parameters():
+                parameter.zero_()
+    module = _layer_module(name, cls_or_fn, silent)
+    module.train()
+    try:
+        with torch.no_grad():
+            outs = [_call(name, module, *_clones(probe)) for _ in range(3)]
+    finally:
+        module.eval()
+    if not all(isinstance(o, torch.Tensor) for o in outs):
+        return                                  # the statistical probe reports the type
+    if not all(torch.equal(outs[0], o) for o in outs[1:]):
+        raise ExerciseWrong(f"{name}: in train mode the output varies although every sublayer "
+                            f"outputs zeros. Likely bug: {DROPOUT_ON_RESIDUAL}")
+
+
 @exercise("8.1", reference="scratchformer.decoder")
 def decoder_layer(cls_or_fn) -> None:
     """Check a decoder layer's forward pass against the chapter's reference.
@@ -522,6 +556,7 @@ def decoder_layer(cls_or_fn) -> None:
     ref = _randomise(Reference(c["D"], c["H"], c["D_FF"], dropout=DROPOUT, norm_first=False), g)
     module = _layer_module(name, cls_or_fn, ref)
     probe = probes[1].args
+    _require_dropout_on_sublayers_only(name, cls_or_fn, ref, probe)
     _require_dropout(name, module, ref, lambda m: _call(name, m, *_clones(probe)))
     _passed(name, f"matches the reference, post-LN and pre-LN, B={c['B']}, T={c['T']} != S={c['S']}, "
                   "every mask shape for both masks; empty rows finite; inputs unchanged, gradients "

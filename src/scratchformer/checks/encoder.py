@@ -197,6 +197,11 @@ def _layer_norm_candidates(x, weight, bias, eps) -> dict[str, torch.Tensor]:
         LN_SWAPPED: normalised * bias + weight,
         LN_EPS_IGNORED: affine(_normalise(x, -1, eps=1e-5)),
     }
+    # E[x²] − E[x]² in float32 is already off by ~1e-5 on some ordinary inputs, where the
+    # probes above can catch it before the mean-1000 probe: name it there too.
+    mean = x.mean(dim=-1, keepdim=True)
+    cancelling = (x ** 2).mean(dim=-1, keepdim=True) - mean ** 2
+    found[LN_UNSTABLE] = affine((x - mean) / torch.sqrt(cancelling + eps))
     if x.dim() >= 2:
         found[LN_OVER_BATCH] = affine(_normalise(x, 0, eps=eps))
         found[LN_OVER_SEQUENCE] = affine(_normalise(x, -2, eps=eps))
@@ -293,15 +298,24 @@ def layer_norm(fn: Callable) -> None:
               (("x", _randn(g, B, T, D)), ("weight", weight), ("bias", bias))}
     out = _call(name, fn, inputs["x"], inputs["weight"], inputs["bias"], 1e-5)
     require_gradients(name, out, inputs)
-    # 8. float16 and bfloat16: the output keeps the input's dtype
+    # 8. float16 and bfloat16: the output keeps the input's dtype. Standardised vectors (a
+    # short raw vector can have a variance bfloat16 cannot resolve), judged against float32
+    # arithmetic with the package's own layer_norm in the same dtype as the yardstick: in
+    # bfloat16 it is up to ~0.05 off, and a fixed tolerance failed it in 2 of 1,500 checks.
+    from scratchformer.encoder import layer_norm as package_layer_norm
     for dtype in LOW_PRECISION:
-        low, w, b = (2 * _randn(g, B, T, D) + 1).to(dtype), weight.to(dtype), bias.to(dtype)
+        noise = _randn(g, B, T, D)
+        noise = (noise - noise.mean(-1, keepdim=True)) / noise.std(-1, unbiased=False, keepdim=True)
+        low, w, b = (2 * noise + 1).to(dtype), weight.to(dtype), bias.to(dtype)
         actual = _call(name, fn, low, w, b, 1e-5)
         _require_output(name, "the output", actual, low.shape, dtype)
         expected = F.layer_norm(low.float(), (D,), w.float(), b.float(), 1e-5)
-        if not _match(actual, expected, 6e-2, 6e-2):
-            raise ExerciseWrong(f"{name}: the output for {dtype} input differs from the reference "
-                                f"by {(actual.float() - expected).abs().max().item():.3g}.")
+        rounding = (package_layer_norm(low, w, b, 1e-5).float() - expected).abs().max().item()
+        error = (actual.float() - expected).abs().max().item()
+        if not torch.isfinite(actual).all() or error > max(6e-2, 3 * rounding):
+            raise ExerciseWrong(f"{name}: the output for {dtype} input differs from float32 "
+                                f"arithmetic by {error:.3g}, more than 3 times the rounding error "
+                                f"of a plain {dtype} layer norm ({rounding:.3g}).")
     _passed(name, "equals F.layer_norm for 1-D to 4-D inputs, tiny variances, constant "
                   "vectors, mean 1000, float16/bfloat16; inputs unchanged, gradients flow.")
 
