@@ -6,7 +6,7 @@
 #   make outputs    re-execute the chapter notebooks and save their outputs (commit them)
 #   make serve      serve _build/html on http://127.0.0.1:8000 (localhost only)
 #   make lab        JupyterLab on notebooks/ with the project's environment (installs it once)
-#   make bench      the training-step benchmark against nn.Transformer (benchmarks/README.md)
+#   make bench      the CPU benchmark suite, < 10 min (benchmarks/README.md, results/cpu/)
 # `book` and `test` create .venv and install the pinned environment on first use.
 
 SHELL := /bin/bash
@@ -59,11 +59,12 @@ outputs: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests tools benchmarks
 
-# One training step of our Transformer against nn.Transformer, at 1 and 2 threads: prints the
-# throughput ratio and writes benchmarks/results/train_step.json (a few minutes; run it on a
-# quiet machine). BENCH_ARGS=--quick for a smoke run.
+# The CPU benchmark suite (benchmarks/suite.py): attention paths, training step and peak memory
+# against torch.nn, greedy decoding with and without the cache, time to accuracy on copy and
+# de2num. Writes benchmarks/results/cpu/*.json in under 10 minutes on 2 cores; run it on a
+# quiet machine (the JSON records the load). BENCH_ARGS="--quick --out-dir /tmp/b": smoke run.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_step.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/suite.py $(BENCH_ARGS)
 
 # JupyterLab is not needed by `make test` or `make book`: installed on first `make lab` only,
 # constrained by requirements.txt so it never changes the tested environment.

@@ -70,7 +70,7 @@ def build(args):
     src = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True,
                                           padding_value=task.src_vocab.pad_id)
     never = len(task.tgt_vocab)          # one past the last logit: argmax never returns it
-    return task, recipe, model, src, never
+    return task, recipe, model.to(args.device), src.to(args.device), never
 
 
 def decode_fn(model, src, n: int, eos_id: int, use_cache: bool):
@@ -90,10 +90,23 @@ def check_same_tokens(model, src, n: int, eos_id: int) -> None:
 TIMERS = {"wall": time.perf_counter, "process": time.process_time}
 
 
-def measure(fn, threads: int, min_run_time: float, label: str, clock: str = "wall"):
+def cuda_wall() -> float:
+    """Elapsed time after waiting for the GPU's queued work (CUDA runs asynchronously)."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def clock_of(clock: str, device: str):
+    """The timer function: ``TIMERS[clock]`` on the CPU, the synchronising wall clock on CUDA."""
+    return cuda_wall if device.startswith("cuda") else TIMERS[clock]
+
+
+def measure(fn, threads: int, min_run_time: float, label: str, clock: str = "wall",
+            device: str = "cpu"):
     torch.set_num_threads(threads)
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads,
-                            timer=TIMERS[clock], label="greedy decoding", description=label,
+                            timer=clock_of(clock, device), label="greedy decoding",
+                            description=label,
                             sub_label=f"{threads} thr")
     return timer.blocked_autorange(min_run_time=min_run_time)
 
@@ -134,7 +147,7 @@ def run(args) -> dict:
                 medians = {}
                 for variant in order:
                     m = measure(fns[variant, n], threads, args.min_run_time, variant,
-                                args.timer)
+                                args.timer, args.device)
                     times[variant].extend(m.times)
                     medians[variant] = m.median
                 speedup = medians["recomputed"] / medians["cached"]
@@ -188,7 +201,7 @@ def run(args) -> dict:
                                                .float().mean()),
                    "eos_id": never, "eos_note": "one past the last target id: never produced",
                    "rounds": args.rounds, "min_run_time_s": args.min_run_time,
-                   "timer": args.timer,
+                   "timer": args.timer, "device": args.device,
                    "seed": args.seed, "quick": args.quick,
                    "parameters": sum(p.numel() for p in model.parameters())},
         "torch": torch.__version__,
@@ -265,6 +278,8 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=None)
     p.add_argument("--layers", type=int, default=None)
     p.add_argument("--d-ff", dest="d_ff", type=int, default=None)
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda (timed with a synchronising wall clock)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON file (default {DEFAULT_OUT.relative_to(HERE.parent)}; "
@@ -285,6 +300,9 @@ def parse_args(argv=None):
             or min(args.lengths) < 1 or args.batch < 1:
         p.error("--threads, --lengths, --batch, --rounds and --min-run-time must be positive")
     args.lengths = sorted(set(args.lengths))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() "
+                "is False); run on a GPU machine or use --device cpu")
     return args
 
 
@@ -307,7 +325,9 @@ def main(argv=None) -> int:
     print(f"load average at the end: {result['load_at_end']}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        tmp = args.out.with_suffix(".json.tmp")            # never a half-written file
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, args.out)
         print(f"wrote {args.out}")
     if args.plot is not None:
         plot(result, args.plot)

@@ -149,10 +149,23 @@ def make_step(model, src, tgt_in, labels):
 TIMERS = {"wall": time.perf_counter, "process": time.process_time}
 
 
-def measure(step, threads: int, min_run_time: float, label: str, clock: str = "wall"):
+def cuda_wall() -> float:
+    """Elapsed time after waiting for the GPU's queued work (CUDA runs asynchronously)."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def clock_of(clock: str, device: str):
+    """The timer function: ``TIMERS[clock]`` on the CPU, the synchronising wall clock on CUDA."""
+    return cuda_wall if device.startswith("cuda") else TIMERS[clock]
+
+
+def measure(step, threads: int, min_run_time: float, label: str, clock: str = "wall",
+            device: str = "cpu"):
     torch.set_num_threads(threads)
     timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads,
-                            timer=TIMERS[clock], label="train step", description=label,
+                            timer=clock_of(clock, device), label="train step",
+                            description=label,
                             sub_label=f"{threads} thr")
     return timer.blocked_autorange(min_run_time=min_run_time)
 
@@ -172,8 +185,9 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 
 def run(args) -> dict:
     config, ours, reference = build(args)
+    ours, reference = ours.to(args.device), reference.to(args.device)
     g = torch.Generator().manual_seed(args.seed)
-    src, tgt_in, labels = make_inputs(args, g)
+    src, tgt_in, labels = (t.to(args.device) for t in make_inputs(args, g))
     max_diff = check_same_function(ours, reference, src, tgt_in)
     steps = {"ours": make_step(ours, src, tgt_in, labels),
              "reference": make_step(reference, src, tgt_in, labels)}
@@ -191,7 +205,8 @@ def run(args) -> dict:
             before = load()
             medians = {}
             for name in order:
-                m = measure(steps[name], threads, args.min_run_time, name, args.timer)
+                m = measure(steps[name], threads, args.min_run_time, name, args.timer,
+                            args.device)
                 times[name].extend(m.times)
                 medians[name] = m.median
             ratio = medians["reference"] / medians["ours"]
@@ -231,7 +246,7 @@ def run(args) -> dict:
                    "parameters": parameter_count(ours), "optimizer": "Adam(lr=1e-4)",
                    "loss": "cross_entropy(label_smoothing=0.1, ignore_index=pad)",
                    "rounds": args.rounds, "min_run_time_s": args.min_run_time,
-                   "timer": args.timer,
+                   "timer": args.timer, "device": args.device,
                    "warmup_steps": args.warmup, "seed": args.seed, "quick": args.quick},
         "eval_max_abs_diff": max_diff,
         "torch": torch.__version__,
@@ -265,6 +280,8 @@ def parse_args(argv=None):
     p.add_argument("--length", type=int, default=32, help="source and target length")
     p.add_argument("--vocab", type=int, default=1000, help="source and target vocabulary")
     p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda (timed with a synchronising wall clock)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON file (default {DEFAULT_OUT.relative_to(HERE.parent)}; "
@@ -279,6 +296,9 @@ def parse_args(argv=None):
         args.out = DEFAULT_OUT
     if min(args.threads) < 1 or args.rounds < 1 or args.min_run_time <= 0:
         p.error("--threads, --rounds and --min-run-time must be positive")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() "
+                "is False); run on a GPU machine or use --device cpu")
     return args
 
 
@@ -298,7 +318,9 @@ def main(argv=None) -> int:
     print(f"load average at the end: {result['load_at_end']}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        tmp = args.out.with_suffix(".json.tmp")            # never a half-written file
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, args.out)
         print(f"wrote {args.out}")
     return 0
 
