@@ -35,6 +35,40 @@ def begin_run(threads: int | None) -> str:
     return command
 
 
+def load() -> list[float]:
+    """The 1-, 5- and 15-minute load averages, rounded: how busy the machine was."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def provenance() -> dict:
+    """What every suite result records about where and when it was measured."""
+    import datetime
+
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_at_end": load(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_json(path: Path, result: dict) -> None:
+    """Write ``result`` to ``path`` through a temporary file, so that an interrupted run never
+    leaves half a JSON file behind, and say so."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
 def cpu_model() -> str:
     """The CPU's model name (Linux), or what ``platform`` knows."""
     try:

@@ -31,10 +31,6 @@ only with ``--out``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -43,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
-from _common import cpu_model
+from _common import cpu_model, load, provenance, save_json
 from einops import rearrange
 from torch import nn
 
@@ -72,10 +68,6 @@ class SDPAttention(nn.Module):
                             h=self.n_heads)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, H, T, Dh)
         return self.out_proj(rearrange(out, "b h t d -> b t (h d)"))
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def build(args, device: torch.device, dtype: torch.dtype) -> dict[str, nn.Module]:
@@ -226,13 +218,7 @@ def run(args) -> dict:
         "max_abs_diff": max_diff,
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else cpu_model()),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_at_end": load(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     }
 
 
@@ -295,11 +281,7 @@ def main(argv=None) -> int:
                                                    for n in IMPLEMENTATIONS))
     print(f"load average at the end: {result['load_at_end']}")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
-        print(f"wrote {args.out}")
+        save_json(args.out, result)
     return 0
 
 

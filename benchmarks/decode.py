@@ -28,11 +28,7 @@ squares over the lengths) tells the growth: about 1 for O(n), 2 for O(n^2). Resu
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -40,7 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.utils.benchmark as benchmark
-from _common import cpu_model
+from _common import load, provenance, save_json
 
 from scratchformer import data, decoding, training
 
@@ -48,10 +44,6 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "decode.json"
 DEFAULT_PLOT = HERE / "results" / "decode.png"
 VARIANTS = ("cached", "recomputed")
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def build(args):
@@ -204,13 +196,7 @@ def run(args) -> dict:
                    "timer": args.timer, "device": args.device,
                    "seed": args.seed, "quick": args.quick,
                    "parameters": sum(p.numel() for p in model.parameters())},
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_at_end": load(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     }
 
 
@@ -324,11 +310,7 @@ def main(argv=None) -> int:
         f"{v:.2f}x with {t} thread(s)" for t, v in result["speedups_at_longest"].items()))
     print(f"load average at the end: {result['load_at_end']}")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".json.tmp")            # never a half-written file
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
-        print(f"wrote {args.out}")
+        save_json(args.out, result)
     if args.plot is not None:
         plot(result, args.plot)
         print(f"wrote {args.plot}")

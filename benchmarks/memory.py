@@ -31,26 +31,18 @@ The ratio is ours / reference (below 1: ours needs less). Results go to
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 import train_step
-from _common import cpu_model
+from _common import cpu_model, provenance, save_json
 from torch.profiler import ProfilerActivity, profile
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "memory.json"
 MB = 1_000_000
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def profiled_peak(fn) -> tuple[int, int]:
@@ -156,13 +148,7 @@ def run(args) -> dict:
         "threads": torch.get_num_threads(),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else cpu_model()),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_at_end": load(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     }
 
 
@@ -222,11 +208,7 @@ def main(argv=None) -> int:
     print("ratio ours / nn.Transformer: " + ", ".join(
         f"length {n}: {r:.3f}" for n, r in result["ratios"].items()))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
-        print(f"wrote {args.out}")
+        save_json(args.out, result)
     return 0
 
 

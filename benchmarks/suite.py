@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import cpu_model
+from _common import cpu_model, load
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -61,10 +61,6 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "time_to_accuracy": ("time_to_accuracy.py", ["--threads", "1"],
                          ["--quick", "--tasks", "copy", "--no-progress"]),
 }
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def command(name: str, out_dir: Path, quick: bool) -> list[str]:

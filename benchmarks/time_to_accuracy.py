@@ -22,16 +22,12 @@ not expected to be reached) writes a file only with ``--out``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-from _common import cpu_model
+from _common import load, provenance, save_json
 
 from scratchformer.data import BatchStream, PairDataset, make_task
 from scratchformer.training import RECIPES, evaluate, fit, make_optimizer, model_from_recipe
@@ -39,10 +35,6 @@ from scratchformer.training import RECIPES, evaluate, fit, make_optimizer, model
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "time_to_accuracy.json"
 TARGETS = {"copy": 1.0, "de2num": 0.99}
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def run_task(task: str, args) -> dict:
@@ -152,21 +144,11 @@ def main(argv=None) -> int:
         "config": {"eval_every": args.eval_every, "n_valid": args.n_valid, "seed": args.seed,
                    "quick": args.quick, "targets": {t: TARGETS[t] for t in args.tasks}},
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_at_end": load(),
         "seconds": time.perf_counter() - began,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     }
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
-        print(f"wrote {args.out}")
+        save_json(args.out, result)
     return 0
 
 

@@ -26,10 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -39,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
-from _common import cpu_model
+from _common import load, provenance, save_json
 from torch import nn
 
 from scratchformer import interop
@@ -172,10 +168,6 @@ def measure(step, threads: int, min_run_time: float, label: str, clock: str = "w
 
 
 
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def quartiles(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return values[0], values[0]
@@ -249,13 +241,7 @@ def run(args) -> dict:
                    "timer": args.timer, "device": args.device,
                    "warmup_steps": args.warmup, "seed": args.seed, "quick": args.quick},
         "eval_max_abs_diff": max_diff,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_at_end": load(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     }
 
 
@@ -317,11 +303,7 @@ def main(argv=None) -> int:
               f"range {r['ratio_min']:.3f}-{r['ratio_max']:.3f})")
     print(f"load average at the end: {result['load_at_end']}")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".json.tmp")            # never a half-written file
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
-        print(f"wrote {args.out}")
+        save_json(args.out, result)
     return 0
 
 
