@@ -83,7 +83,8 @@ def _manual(directory: Path, base_url: str, names: Iterable[str]) -> str:
     urls = "\n".join(f"  {_url(base_url, n)}" for n in names)
     return (f"To get the data by hand, download these files:\n{urls}\n"
             f"and put them, with these names, into {directory}\n"
-            f"(or into another folder, then pass --data-dir / data_dir=). "
+            f"(scratchformer train --data-dir DIR reads DIR/multi30k; "
+            f"fetch_multi30k(folder) reads the folder itself). "
             f"Each file is checked against its SHA-256 digest in "
             f"scratchformer.translation.MULTI30K_SHA256.")
 
